@@ -1,0 +1,121 @@
+"""The tensor kinds: one registry of data (rank, index symmetry, parity, Voigt weights, aliases).
+
+A *kind* is either one of the named crystal-tensor kinds below or a general index-symmetry formula
+such as ``"ijk=jik=kji"`` (polar by default; pass ``parity`` for axial tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .formula import parse_formula
+
+# Voigt pairs in the order xx, yy, zz, yz, xz, xy.
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+@dataclass(frozen=True)
+class TensorKind:
+    """What a tensor is: its index symmetry, parity and Voigt convention.
+
+    Attributes:
+        name: canonical name (``"elastic"``) or the formula itself for general kinds.
+        formula: index-symmetry formula in e3nn's syntax, e.g. ``"ijkl=jikl=klij"``.
+        parity: +1 (even under inversion) or -1; polar rank-r tensors have ``(-1)**r``.
+        voigt_shape: trailing shape of the Voigt form, or ``None`` when the kind has none.
+        voigt_weight: factor per shear (index 4, 5, 6) Voigt index that multiplies the Cartesian
+            component in Voigt form: 1 (stiffness, stress-charge e), 2 (compliance, strain-charge d).
+        unit: the unit of the shipped data for this kind (informational).
+        description: one line for error messages and docs.
+    """
+
+    name: str
+    formula: str
+    parity: int
+    voigt_shape: tuple[int, ...] | None
+    voigt_weight: int
+    unit: str
+    description: str
+
+    @property
+    def rank(self) -> int:
+        return parse_formula(self.formula).rank
+
+    @property
+    def cartesian_shape(self) -> tuple[int, ...]:
+        return (3,) * self.rank
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What determines the irreps basis: (formula, parity)."""
+        return (self.formula, self.parity)
+
+
+_NAMED = {
+    "dielectric": TensorKind(
+        "dielectric", "ij=ji", 1, (6,), 1, "1", "symmetric rank-2 tensor eps_ij = eps_ji (also any symmetric rank-2)"
+    ),
+    "piezoelectric": TensorKind(
+        "piezoelectric", "ijk=ikj", -1, (3, 6), 1, "C/m^2", "piezoelectric stress-charge tensor e_ijk = e_ikj"
+    ),
+    "piezoelectric_d": TensorKind(
+        "piezoelectric_d", "ijk=ikj", -1, (3, 6), 2, "pC/N", "piezoelectric strain-charge tensor d_ijk = d_ikj"
+    ),
+    "elastic": TensorKind(
+        "elastic", "ijkl=jikl=klij", 1, (6, 6), 1, "GPa", "elastic stiffness C_ijkl = C_jikl = C_klij"
+    ),
+    "compliance": TensorKind(
+        "compliance", "ijkl=jikl=klij", 1, (6, 6), 2, "1/GPa", "elastic compliance S_ijkl = S_jikl = S_klij"
+    ),
+}
+_ALIASES = {"piezo": "piezoelectric", "piezo_d": "piezoelectric_d", "stiffness": "elastic"}
+
+NAMED_KINDS = tuple(_NAMED)
+# letters a formula may use; anything else (e.g. a misspelt kind name) is reported as unknown
+_INDEX_LETTERS = "ijklmnpqrs"
+
+
+def get_kind(kind: str | TensorKind, parity: int | None = None) -> TensorKind:
+    """Resolve a kind name, alias or index-symmetry formula to a :class:`TensorKind`.
+
+    Args:
+        kind: ``"dielectric"``, ``"piezoelectric"`` (``"piezo"``), ``"piezoelectric_d"``, ``"elastic"``
+            (``"stiffness"``), ``"compliance"``, or a formula such as ``"ijk=jik=kji"``.
+        parity: only for formulas: +1 or -1; default ``(-1)**rank`` (a polar tensor).
+
+    Raises:
+        ValueError: unknown kind (the message lists the valid ones), or a bad formula or parity.
+    """
+    if isinstance(kind, TensorKind):
+        if parity is not None and parity != kind.parity:
+            raise ValueError(f"parity={parity} contradicts kind {kind.name!r} (parity {kind.parity})")
+        return kind
+    if not isinstance(kind, str):
+        raise ValueError(f"kind must be a string, got {type(kind).__name__}")
+    name = _ALIASES.get(kind, kind)
+    if name in _NAMED:
+        k = _NAMED[name]
+        if parity is not None and parity != k.parity:
+            raise ValueError(
+                f"kind {kind!r} has parity {k.parity:+d}; for another parity give its formula {k.formula!r} with parity="
+            )
+        return k
+    letters = kind.replace("=", "").replace("-", "").replace(" ", "")
+    if not letters or not set(letters) <= set(_INDEX_LETTERS):
+        raise ValueError(_unknown(kind))
+    try:
+        f = parse_formula(kind)
+    except ValueError as e:
+        raise ValueError(f"{e}. {_unknown(kind)}") from None
+    if f.is_trivial:
+        raise ValueError(f"formula {kind!r} allows only the zero tensor")
+    if parity is None:
+        parity = (-1) ** f.rank
+    if parity not in (1, -1):
+        raise ValueError(f"parity must be +1 or -1, got {parity!r}")
+    return TensorKind(kind, kind, parity, None, 1, "", f"tensor with index symmetry {kind}")
+
+
+def _unknown(kind: str) -> str:
+    names = ", ".join(repr(n) for n in (*_NAMED, *_ALIASES))
+    return f"unknown tensor kind {kind!r}; valid kinds are {names}, or an index-symmetry formula such as 'ijk=jik=kji'"

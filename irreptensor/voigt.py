@@ -1,0 +1,145 @@
+"""Voigt and Mandel (Kelvin) notation for every named kind.
+
+Voigt order is xx, yy, zz, yz, xz, xy (indices 1..6 in the literature, 0..5 here). The Voigt form
+multiplies each Cartesian component by ``w**n``, where ``n`` is the number of shear (yz, xz, xy) Voigt
+indices of the entry and ``w`` is the kind's weight: 1 for stiffness ``C_IJ = C_ijkl``, stress-charge
+piezoelectric ``e_iJ = e_ijk`` and the dielectric 6-vector; 2 for compliance (``S_IJ = S_ijkl * 1, 2, 4``)
+and strain-charge piezoelectric ``d_iJ = d_ijk * (1 or 2)``. Mandel/Kelvin notation uses ``w = sqrt(2)``
+for every kind; it makes the map an isometry (Frobenius norm preserved) and the matrix of a fourth-rank
+tensor a true second-rank tensor in 6 dimensions. See ``docs/conventions.md``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from .backend import as_float_array, constant, take_last
+from .kinds import VOIGT_PAIRS, TensorKind, get_kind
+
+__all__ = ["to_voigt", "from_voigt", "to_mandel", "from_mandel"]
+
+_PAIR_INDEX = np.zeros((3, 3), dtype=int)
+for _I, (_a, _b) in enumerate(VOIGT_PAIRS):
+    _PAIR_INDEX[_a, _b] = _PAIR_INDEX[_b, _a] = _I
+
+
+def _layout(k: TensorKind) -> tuple[str, ...]:
+    """Which Cartesian axes are single ('v' = a vector index) and which are pairs ('p')."""
+    return {"dielectric": ("p",), "piezoelectric": ("v", "p"), "piezoelectric_d": ("v", "p"),
+            "elastic": ("p", "p"), "compliance": ("p", "p")}[k.name]
+
+
+@lru_cache(maxsize=None)
+def _maps(name: str, weight: float):
+    """Index maps and weights between the flattened Cartesian form and the flattened Voigt form."""
+    k = get_kind(name)
+    layout = _layout(k)
+    vshape = tuple(3 if s == "v" else 6 for s in layout)
+    # Voigt entry -> one Cartesian position, and its weight
+    to_idx, to_w = [], []
+    for vi in product(*(range(n) for n in vshape)):
+        cart, nshear = [], 0
+        for s, i in zip(layout, vi):
+            if s == "v":
+                cart.append(i)
+            else:
+                cart.extend(VOIGT_PAIRS[i])
+                nshear += i >= 3
+        to_idx.append(np.ravel_multi_index(cart, (3,) * len(cart)))
+        to_w.append(weight**nshear)
+    # Cartesian position -> Voigt entry, and the weight to divide by
+    from_idx, from_w = [], []
+    for ci in product(range(3), repeat=k.rank):
+        vi, pos, nshear = [], 0, 0
+        for s in layout:
+            if s == "v":
+                vi.append(ci[pos])
+                pos += 1
+            else:
+                I = _PAIR_INDEX[ci[pos], ci[pos + 1]]
+                vi.append(I)
+                nshear += I >= 3
+                pos += 2
+        from_idx.append(np.ravel_multi_index(vi, vshape))
+        from_w.append(weight ** (-nshear))
+    return vshape, np.array(to_idx), np.array(to_w, dtype=float), np.array(from_idx), np.array(from_w, dtype=float)
+
+
+def _named(kind) -> TensorKind:
+    k = get_kind(kind)
+    if k.voigt_shape is None:
+        raise ValueError(
+            f"Voigt/Mandel notation is defined for the named kinds only, not for the formula {k.formula!r}"
+        )
+    return k
+
+
+def _to(T: Any, k: TensorKind, weight: float):
+    T = as_float_array(T, "tensor")
+    if tuple(T.shape[T.ndim - k.rank:]) != k.cartesian_shape:
+        raise ValueError(
+            f"{k.name} tensor must have trailing shape {k.cartesian_shape} (Cartesian), got shape {tuple(T.shape)}"
+        )
+    vshape, idx, w, _, _ = _maps(k.name, weight)
+    flat = T.reshape(*T.shape[: T.ndim - k.rank], -1)
+    out = take_last(flat, idx) * constant(("voigt-w", k.name, weight), w, flat)
+    return out.reshape(*T.shape[: T.ndim - k.rank], *vshape)
+
+
+def _from(V: Any, k: TensorKind, weight: float, check: bool):
+    V = as_float_array(V, "Voigt matrix")
+    vshape = _maps(k.name, weight)[0]
+    nd = len(vshape)
+    if tuple(V.shape[V.ndim - nd:]) != vshape:
+        raise ValueError(f"{k.name} Voigt form must have trailing shape {vshape}, got shape {tuple(V.shape)}")
+    if check and vshape == (6, 6):
+        from .backend import to_numpy64
+
+        v = to_numpy64(V)
+        asym = np.abs(v - np.swapaxes(v, -1, -2)).max(initial=0.0)
+        scale = np.abs(v).max(initial=0.0)
+        if asym > 1e-6 * max(scale, np.finfo(float).tiny):
+            raise ValueError(
+                f"{k.name} Voigt matrix is not symmetric: max |V - V^T| = {asym:.3g} "
+                f"({asym / scale:.2e} of the largest entry); symmetrize it first, e.g. (V + V^T)/2"
+            )
+    _, _, _, idx, w = _maps(k.name, weight)
+    batch = V.shape[: V.ndim - nd]
+    flat = V.reshape(*batch, -1)
+    out = take_last(flat, idx) * constant(("voigt-winv", k.name, weight), w, flat)
+    return out.reshape(*batch, *k.cartesian_shape)
+
+
+def to_voigt(T: Any, kind: str = "elastic"):
+    """Cartesian tensor -> Voigt form: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``, ``(...,3,3,3,3)->(...,6,6)``.
+
+    The kind fixes the factors: 1 for ``elastic``/``piezoelectric``/``dielectric``, 2 per shear index for
+    ``compliance`` and ``piezoelectric_d``. Components are read from the upper index of each pair; no
+    symmetry check is made (use :func:`irreptensor.decompose` to check).
+    """
+    k = _named(kind)
+    return _to(T, k, float(k.voigt_weight))
+
+
+def from_voigt(V: Any, kind: str = "elastic", check: bool = True):
+    """Voigt form -> full Cartesian tensor (inverse of :func:`to_voigt`).
+
+    Raises:
+        ValueError: wrong trailing shape, or (``check=True``) a 6x6 Voigt matrix that is not symmetric.
+    """
+    k = _named(kind)
+    return _from(V, k, float(k.voigt_weight), check)
+
+
+def to_mandel(T: Any, kind: str = "elastic"):
+    """Cartesian tensor -> Mandel (Kelvin) form: each shear Voigt index carries sqrt(2); norm preserving."""
+    return _to(T, _named(kind), float(np.sqrt(2.0)))
+
+
+def from_mandel(M: Any, kind: str = "elastic", check: bool = True):
+    """Mandel (Kelvin) form -> full Cartesian tensor (inverse of :func:`to_mandel`)."""
+    return _from(M, _named(kind), float(np.sqrt(2.0)), check)
