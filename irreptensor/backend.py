@@ -79,3 +79,8 @@ def take_last(x: Any, index: np.ndarray):
             _CONSTANTS[ck] = idx
         return x[..., idx]
     return x[..., index]
+
+
+def batch_index(flat_index: int, batch: tuple[int, ...]) -> tuple[int, ...]:
+    """The batch position of a flattened index, as plain ints for error messages."""
+    return tuple(int(i) for i in np.unravel_index(int(flat_index), batch)) if batch else ()

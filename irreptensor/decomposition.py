@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import as_float_array, constant, is_torch, to_numpy64
+from .backend import as_float_array, batch_index, constant, is_torch, to_numpy64
 from .basis import float_basis
 from .kinds import TensorKind, get_kind
 
@@ -42,8 +42,7 @@ def _cartesian(T: Any, k: TensorKind):
 
 
 def _first_bad(mask: np.ndarray, batch: tuple[int, ...]) -> str:
-    i = int(np.flatnonzero(mask)[0])
-    return f"at batch index {np.unravel_index(i, batch) if batch else ()}"
+    return f"at batch index {batch_index(np.flatnonzero(mask)[0], batch)}"
 
 
 def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: float | None = None,
@@ -69,7 +68,7 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
     k = get_kind(kind, parity)
     T, batch = _cartesian(T, k)
     Q = float_basis(k)
-    flat = T.reshape(-1, Q.shape[1]) if T.ndim != 2 else T
+    flat = T.reshape(-1, Q.shape[1])
     Qt = constant(("basisT", k.key), Q.T, flat)
     x = flat @ Qt
     _check(flat, x, k, batch, symmetrize, DEFAULT_SYMMETRY_TOL if tol is None else tol)
@@ -114,7 +113,7 @@ def _check(flat, x, k: TensorKind, batch, symmetrize: bool, tol: float) -> None:
     if bad.any():
         rel = np.sqrt(resid / np.where(t2 > 0, t2, 1.0))
         i = int(np.argmax(np.where(bad, rel, -1)))
-        where = f"at batch index {np.unravel_index(i, batch) if batch else ()}"
+        where = f"at batch index {batch_index(i, batch)}"
         raise ValueError(
             f"{k.name} tensor lacks the index symmetry {k.formula}: relative asymmetry |T - P T|/|T| = "
             f"{rel[i]:.3e} {where} ({int(bad.sum())} of {bad.size} tensors above tol={tol:g}); "

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import as_float_array, is_torch, to_numpy64
+from .backend import as_float_array, batch_index, is_torch, to_numpy64
 from .kinds import TensorKind, get_kind
 
 __all__ = ["rotate", "check_rotation", "random_rotation"]
@@ -34,13 +34,13 @@ def check_rotation(R: Any, tol: float = ORTHOGONALITY_TOL):
     r64 = to_numpy64(flat)
     if not np.isfinite(r64).all():
         i = int(np.flatnonzero(~np.isfinite(r64).all((1, 2)))[0])
-        raise ValueError(f"rotation matrix R contains NaN or inf at batch index {np.unravel_index(i, batch) if batch else ()}")
+        raise ValueError(f"rotation matrix R contains NaN or inf at batch index {batch_index(i, batch)}")
     err = np.abs(r64 @ np.swapaxes(r64, 1, 2) - np.eye(3)).max((1, 2)) if len(r64) else np.zeros(0)
     if len(err) and err.max() > tol:
         i = int(np.argmax(err))
         raise ValueError(
             f"R is not orthogonal: max |R R^T - 1| = {err[i]:.3e} at batch index "
-            f"{np.unravel_index(i, batch) if batch else ()} (tolerance {tol:g})"
+            f"{batch_index(i, batch)} (tolerance {tol:g})"
         )
     d = np.sign(np.linalg.det(r64)) if len(r64) else np.zeros(0)
     if is_torch(flat):

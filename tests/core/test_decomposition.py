@@ -1,0 +1,223 @@
+"""decompose / compose: agreement with e3nn, round trips, norms, equivariance, parity, arrays, errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import irreptensor as it
+
+KINDS = ["dielectric", "piezoelectric", "elastic"]
+FORMULAS = {"dielectric": "ij=ji", "piezoelectric": "ijk=ikj", "elastic": "ijkl=jikl=klij"}
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+
+
+def random_tensor(kind, rng, n=None):
+    """A random tensor with exactly the kind's index symmetry (composed from random coordinates)."""
+    shape = (it.dim(kind),) if n is None else (n, it.dim(kind))
+    return it.compose(rng.normal(size=shape) * 50, kind)
+
+
+def quaternion_rotation(q):
+    q = np.asarray(q, dtype=float)
+    q = q / np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+quaternions = arrays(np.float64, 4, elements=st.floats(-1, 1, allow_nan=False)).filter(
+    lambda q: np.linalg.norm(q) > 0.1
+)
+
+
+@pytest.fixture(scope="module")
+def e3nn_bases():
+    torch = pytest.importorskip("torch")
+    from e3nn.io import CartesianTensor
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = {}
+        for kind, fml in FORMULAS.items():
+            ct = CartesianTensor(fml)
+            out[kind] = (str(ct), ct.reduced_tensor_products().change_of_basis.flatten(1).numpy())
+    finally:
+        torch.set_default_dtype(prev)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_identical_to_e3nn_cartesian_tensor(kind, e3nn_bases):
+    irreps, Qe = e3nn_bases[kind]
+    assert it.irreps(kind) == irreps
+    Q = it.basis(kind)
+    assert Q.shape == Qe.shape
+    # entries are O(1): 1e-13 relative to the largest entry, signs included
+    assert np.abs(Q - Qe).max() <= 1e-13 * np.abs(Qe).max()
+
+
+def test_irreps_strings_and_dims():
+    assert it.irreps("elastic") == "2x0e+2x2e+1x4e" == it.irreps("stiffness") == it.irreps("compliance")
+    assert it.irreps("piezoelectric") == "2x1o+1x2o+1x3o" == it.irreps("piezo") == it.irreps("piezoelectric_d")
+    assert it.irreps("dielectric") == "1x0e+1x2e"
+    assert [it.dim(k) for k in KINDS] == [6, 18, 21]
+    assert [b.name for b in it.blocks("elastic")] == ["0e[0]", "0e[1]", "2e[0]", "2e[1]", "4e"]
+    assert it.irreps("ij=-ji", parity=-1) == "1x1o"  # axial vs polar: parity flips
+    assert it.irreps("ij=-ji") == "1x1e"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(KINDS), st.integers(0, 2**32 - 1))
+def test_round_trip_and_norm(kind, seed):
+    rng = np.random.default_rng(seed)
+    T = random_tensor(kind, rng, n=4)
+    x = it.decompose(T, kind)
+    T2 = it.compose(x, kind)
+    scale = np.abs(T).max()
+    assert np.abs(T2 - T).max() <= 1e-14 * scale * 8  # a few ulps of the largest entry
+    # orthonormal basis: |x|_2 equals the Frobenius norm over all 3^r entries
+    nx = np.linalg.norm(x, axis=-1)
+    nT = np.sqrt((T.reshape(4, -1) ** 2).sum(-1))
+    assert np.abs(nx - nT).max() <= 1e-14 * nT.max() * 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(KINDS), quaternions, st.booleans(), st.integers(0, 2**32 - 1))
+def test_equivariance_under_proper_and_improper_rotations(kind, q, improper, seed):
+    R = quaternion_rotation(q) * (-1 if improper else 1)
+    T = random_tensor(kind, np.random.default_rng(seed))
+    lhs = it.decompose(it.rotate(T, R, kind), kind)
+    rhs = it.wigner_D(kind, R) @ it.decompose(T, kind)
+    assert np.linalg.norm(lhs - rhs) <= 1e-13 * np.linalg.norm(rhs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_parity_under_inversion(kind):
+    T = random_tensor(kind, np.random.default_rng(0))
+    x = it.decompose(T, kind)
+    xi = it.decompose(it.rotate(T, -np.eye(3), kind), kind)
+    parity = np.concatenate([np.full(b.dim, b.parity) for b in it.blocks(kind)])
+    np.testing.assert_array_equal(xi, parity * x)
+    # polar odd-rank tensors flip sign, even-rank ones are invariant
+    np.testing.assert_array_equal(it.rotate(T, -np.eye(3), kind), (-1) ** it.get_kind(kind).rank * T)
+
+
+def test_axial_tensor_parity():
+    # an axial vector (angular momentum) as "ij=-ji" with parity +1 is invariant under inversion
+    A = np.array([[0.0, 1.0, -2.0], [-1.0, 0.0, 3.0], [2.0, -3.0, 0.0]])
+    np.testing.assert_array_equal(it.rotate(A, -np.eye(3), "ij=-ji"), A)
+    # the same as a rank-2 axial tensor (parity -1) flips
+    np.testing.assert_array_equal(it.rotate(A, -np.eye(3), "ij=-ji", parity=-1), -A)
+    x = it.decompose(A, "ij=-ji", parity=-1)
+    R = -quaternion_rotation([0.3, 0.1, -0.5, 0.7])
+    np.testing.assert_allclose(it.decompose(it.rotate(A, R, "ij=-ji", parity=-1), "ij=-ji", parity=-1),
+                               it.wigner_D("ij=-ji", R, parity=-1) @ x, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_dimensions_and_voigt_input(kind):
+    rng = np.random.default_rng(1)
+    T = random_tensor(kind, rng, n=6).reshape(2, 3, *it.get_kind(kind).cartesian_shape)
+    x = it.decompose(T, kind)
+    assert x.shape == (2, 3, it.dim(kind))
+    np.testing.assert_allclose(it.decompose(it.to_voigt(T, kind), kind), x, rtol=0, atol=1e-12)
+    assert it.decompose(T[0, 0], kind).shape == (it.dim(kind),)
+
+
+def test_float32_in_float32_out():
+    T = random_tensor("elastic", np.random.default_rng(2)).astype(np.float32)
+    x = it.decompose(T, "elastic")
+    assert x.dtype == np.float32
+    assert it.compose(x, "elastic").dtype == np.float32
+    assert it.decompose(np.eye(3, dtype=int), "dielectric").dtype == np.float64
+
+
+def test_torch_in_torch_out_with_autograd():
+    torch = pytest.importorskip("torch")
+    for dtype in (torch.float32, torch.float64):
+        T = torch.tensor(random_tensor("piezoelectric", np.random.default_rng(3), n=2), dtype=dtype)
+        x = it.decompose(T, "piezoelectric")
+        assert isinstance(x, torch.Tensor) and x.dtype == dtype and x.shape == (2, 18)
+        T2 = it.compose(x, "piezoelectric")
+        assert isinstance(T2, torch.Tensor) and T2.dtype == dtype
+        np.testing.assert_allclose(T2.numpy(), T.numpy(), atol=1e-4 if dtype == torch.float32 else 1e-12)
+    x = torch.randn(3, 21, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: it.decompose(it.compose(v, "elastic") ** 2, "elastic", symmetrize=True), (x,))
+
+
+def test_symmetrize_projects_and_the_error_names_the_asymmetry():
+    rng = np.random.default_rng(4)
+    C = random_tensor("elastic", rng, n=3)
+    bad = C.copy()
+    bad[1, 0, 1, 2, 2] += 5.0
+    with pytest.raises(ValueError, match=r"lacks the index symmetry ijkl=jikl=klij.*relative asymmetry.*batch index \(1,\)"):
+        it.decompose(bad, "elastic")
+    x = it.decompose(bad, "elastic", symmetrize=True)
+    # the projection of the perturbation: the symmetric part of a single entry
+    P = it.compose(x, "elastic")
+    np.testing.assert_allclose(P[[0, 2]], C[[0, 2]], atol=1e-12)
+    # the entry has 4 images under the 8 index permutations (stabilizer of order 2): 5 * 2/8 at each
+    assert np.abs(P[1] - C[1]).max() == pytest.approx(5.0 / 4)
+    # a small asymmetry under the tolerance is accepted
+    ok = C.copy()
+    ok[0, 0, 1, 2, 2] += 1e-9
+    it.decompose(ok, "elastic")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full((3, 3, 3, 3), np.nan), "contains NaN"),
+    (np.full((2, 3, 3, 3, 3), np.inf), "contains inf at batch index"),
+    (np.zeros((3, 3, 3)), r"trailing shape \(3, 3, 3, 3\) \(Cartesian\) or \(6, 6\) \(Voigt\)"),
+    (np.zeros((6, 5)), "trailing shape"),
+    (np.zeros((3, 3), dtype=complex), "complex128"),
+])
+def test_bad_input_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        it.decompose(bad, "elastic")
+
+
+def test_huge_but_finite_values_are_not_called_inf():
+    C = random_tensor("elastic", np.random.default_rng(5)) * 1e300
+    x = it.decompose(C, "elastic")
+    assert np.isfinite(x).all()
+
+
+def test_compose_errors():
+    with pytest.raises(ValueError, match="trailing dimension 21"):
+        it.compose(np.zeros(20), "elastic")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        it.compose(np.array([np.nan] + [0.0] * 20), "elastic")
+
+
+def test_unknown_kind_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown tensor kind 'elastc'.*'dielectric'.*'elastic'.*formula"):
+        it.decompose(np.zeros((3, 3, 3, 3)), "elastc")
+    with pytest.raises(ValueError, match="not a permutation"):
+        it.irreps("ijk=ij")
+    with pytest.raises(ValueError, match="only the zero tensor"):
+        it.irreps("ij=-ij")
+
+
+def test_rotation_must_be_orthogonal():
+    T = random_tensor("dielectric", np.random.default_rng(6))
+    with pytest.raises(ValueError, match=r"R is not orthogonal: max \|R R\^T - 1\| = 2\.100e-01"):
+        it.rotate(T, np.diag([1.1, 1.0, 1.0]) * 1.0, "dielectric")
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3, 3\)"):
+        it.rotate(T, np.eye(2), "dielectric")
+
+
+def test_import_does_not_load_torch_or_sympy():
+    code = "import sys, numpy as np, irreptensor as it; it.decompose(np.eye(6) * 100.0, 'elastic'); " \
+           "print('torch' in sys.modules, 'sympy' in sys.modules, 'e3nn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "False"]

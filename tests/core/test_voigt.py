@@ -1,0 +1,91 @@
+"""Voigt and Mandel notation: round trips, factors, and the physical relations they must respect."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import irreptensor as it
+
+VOIGT_KINDS = ["dielectric", "piezoelectric", "piezoelectric_d", "elastic", "compliance"]
+SHAPES = {"dielectric": (6,), "piezoelectric": (3, 6), "piezoelectric_d": (3, 6), "elastic": (6, 6), "compliance": (6, 6)}
+
+
+def random_tensor(kind, rng, n=3):
+    return it.compose(rng.normal(size=(n, it.dim(kind))), kind)
+
+
+def random_stiffness(rng):
+    A = rng.normal(size=(6, 6))
+    return it.from_voigt(A @ A.T + 6 * np.eye(6), "elastic")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(VOIGT_KINDS), st.integers(0, 2**32 - 1))
+def test_round_trips(kind, seed):
+    T = random_tensor(kind, np.random.default_rng(seed))
+    V = it.to_voigt(T, kind)
+    assert V.shape == (3, *SHAPES[kind])
+    np.testing.assert_allclose(it.from_voigt(V, kind), T, rtol=0, atol=1e-14 * np.abs(T).max() * 4)
+    M = it.to_mandel(T, kind)
+    np.testing.assert_allclose(it.from_mandel(M, kind), T, rtol=0, atol=1e-14 * np.abs(T).max() * 4)
+    # Mandel is an isometry: Frobenius norm of the Cartesian tensor equals that of the Mandel form
+    np.testing.assert_allclose(np.sqrt((M ** 2).reshape(3, -1).sum(-1)), np.sqrt((T ** 2).reshape(3, -1).sum(-1)),
+                               rtol=1e-14)
+
+
+def test_voigt_order_and_factors():
+    C = np.zeros((3, 3, 3, 3))
+    C[1, 2, 0, 1] = C[2, 1, 0, 1] = C[1, 2, 1, 0] = C[2, 1, 1, 0] = 7.0
+    C[0, 1, 1, 2] = C[1, 0, 1, 2] = C[0, 1, 2, 1] = C[1, 0, 2, 1] = 7.0
+    C[0, 0, 2, 2] = C[2, 2, 0, 0] = 3.0
+    V = it.to_voigt(C, "elastic")
+    assert V[3, 5] == V[5, 3] == 7.0 and V[0, 2] == V[2, 0] == 3.0  # yz = 4th, xy = 6th (0-based 3, 5)
+    assert it.to_voigt(C, "compliance")[3, 5] == 28.0  # shear-shear: factor 4
+    assert it.to_voigt(C, "compliance")[0, 2] == 3.0
+    assert it.to_mandel(C, "elastic")[3, 5] == pytest.approx(14.0)  # sqrt(2)^2
+    e = np.zeros((3, 3, 3))
+    e[2, 0, 2] = e[2, 2, 0] = 1.5  # e_zxz = e_15 in Voigt (0-based (2, 4))
+    assert it.to_voigt(e, "piezoelectric")[2, 4] == 1.5
+    assert it.to_voigt(e, "piezoelectric_d")[2, 4] == 3.0
+    eps = np.array([[1.0, 4.0, 5.0], [4.0, 2.0, 6.0], [5.0, 6.0, 3.0]])
+    np.testing.assert_array_equal(it.to_voigt(eps, "dielectric"), [1, 2, 3, 6, 5, 4])
+
+
+def test_compliance_is_the_inverse_of_stiffness_in_voigt_form():
+    rng = np.random.default_rng(0)
+    C = random_stiffness(rng)
+    S = it.from_mandel(np.linalg.inv(it.to_mandel(C, "elastic")), "compliance")
+    np.testing.assert_allclose(it.to_voigt(S, "compliance") @ it.to_voigt(C, "elastic"), np.eye(6), atol=1e-12)
+    # and in Cartesian form S_ijmn C_mnkl is the symmetric identity
+    Isym = 0.5 * (np.einsum("ik,jl->ijkl", np.eye(3), np.eye(3)) + np.einsum("il,jk->ijkl", np.eye(3), np.eye(3)))
+    np.testing.assert_allclose(np.einsum("ijmn,mnkl->ijkl", S, C), Isym, atol=1e-12)
+
+
+def test_stress_charge_equals_strain_charge_times_stiffness():
+    """e_ijk = d_ilm C_lmjk in Cartesian form is e = d C with the e/d Voigt conventions."""
+    rng = np.random.default_rng(1)
+    C = random_stiffness(rng)
+    d = random_tensor("piezoelectric_d", rng, n=1)[0]
+    e = np.einsum("ilm,lmjk->ijk", d, C)
+    np.testing.assert_allclose(it.to_voigt(e, "piezoelectric"),
+                               it.to_voigt(d, "piezoelectric_d") @ it.to_voigt(C, "elastic"), atol=1e-12)
+
+
+def test_torch_round_trip():
+    torch = pytest.importorskip("torch")
+    T = torch.tensor(random_tensor("elastic", np.random.default_rng(2)), dtype=torch.float32)
+    V = it.to_voigt(T, "compliance")
+    assert isinstance(V, torch.Tensor) and V.dtype == torch.float32 and V.shape == (3, 6, 6)
+    assert torch.allclose(it.from_voigt(V, "compliance"), T, atol=1e-5)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"Voigt form must have trailing shape \(6, 6\)"):
+        it.from_voigt(np.zeros((3, 6)), "elastic")
+    with pytest.raises(ValueError, match="not symmetric"):
+        it.from_voigt(np.triu(np.ones((6, 6))), "elastic")
+    with pytest.raises(ValueError, match="named kinds only"):
+        it.to_voigt(np.zeros((3, 3)), "ij=ji")
+    with pytest.raises(ValueError, match=r"trailing shape \(3, 3, 3\)"):
+        it.to_voigt(np.zeros((3, 3)), "piezoelectric")
