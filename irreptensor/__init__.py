@@ -14,15 +14,45 @@ imported only when a torch tensor is passed in.
 """
 
 from .basis import IrrepBlock, basis, blocks, dim, irreps
+from .crystal_symmetry import point_group_ops, symmetrize, symmetry_residual
 from .decomposition import compose, decompose
+from .harmonic import DielectricParts, ElasticParts, PiezoelectricParts, harmonic_parts
+from .interop import from_pymatgen, to_pymatgen
+from .invariants import (
+    ElasticModuli,
+    block_norms,
+    distance_from_isotropy,
+    log_euclidean_anisotropy,
+    universal_anisotropy,
+    vrh_moduli,
+)
 from .kinds import NAMED_KINDS, TensorKind, get_kind
 from .rotation import random_rotation, rotate
+from .symmetry_class import ELASTIC_CLASSES, SymmetryClass, symmetry_class
 from .voigt import from_mandel, from_voigt, to_mandel, to_voigt
 from .wigner import wigner_D
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DielectricParts",
+    "ELASTIC_CLASSES",
+    "ElasticModuli",
+    "ElasticParts",
+    "PiezoelectricParts",
+    "SymmetryClass",
+    "block_norms",
+    "distance_from_isotropy",
+    "from_pymatgen",
+    "harmonic_parts",
+    "log_euclidean_anisotropy",
+    "point_group_ops",
+    "symmetrize",
+    "symmetry_class",
+    "symmetry_residual",
+    "to_pymatgen",
+    "universal_anisotropy",
+    "vrh_moduli",
     "IrrepBlock",
     "NAMED_KINDS",
     "TensorKind",
