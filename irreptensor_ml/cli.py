@@ -201,7 +201,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------- main
 
 #: Functions that each add one subcommand; extend this list to add e.g. ``transfer``.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_predict]
+def _add_transfer(subparsers: Any) -> None:
+    from irreptensor_ml.transfer.cli import add_transfer_parser
+
+    add_transfer_parser(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_predict, _add_transfer]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,7 +122,7 @@ def load_predictor(model: Any = None, property: str | None = None) -> LoadedMode
 
     Raises:
         FileNotFoundError: the path does not exist; :class:`NoPretrainedModelError` for ``None``
-        without a shipped model; ``ValueError`` for any other kind of argument.
+            without a shipped model; ``ValueError`` for any other kind of argument.
     """
     if isinstance(model, LoadedModel):
         return model
@@ -289,8 +289,8 @@ def predict(
 
     Raises:
         ValueError: unknown property or ``as_``; :class:`MissingHeadError` when the model has
-        no head for ``property``; :class:`StructureFileError` for unreadable files;
-        :class:`NoPretrainedModelError` for ``model=None`` without a shipped model.
+            no head for ``property``; :class:`StructureFileError` for unreadable files;
+            :class:`NoPretrainedModelError` for ``model=None`` without a shipped model.
     """
     check_property(property)
     if as_ not in ("array", "pymatgen"):

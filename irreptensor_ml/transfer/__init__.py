@@ -1,0 +1,54 @@
+"""Transfer-learning study: pretrain a trunk on elastic tensors, reuse it for dielectric and
+piezoelectric tensors, and measure honestly whether (and how) that helps.
+
+Modules:
+
+* :mod:`.studydata` -- :class:`StudyData`, all graphs/targets/split of the union split in one
+  weights-only file (``--export-cache`` / ``--from-cache``; no pymatgen needed to load it);
+* :mod:`.strategies` -- scratch, frozen, finetune, multitask, control (:data:`STRATEGIES`);
+* :mod:`.runner` -- one run: data selection, training (Lightning), validation/test evaluation;
+* :mod:`.study` -- plan of runs, resumable store (``runs/<run_id>.json``), parallel execution;
+* :mod:`.stats` -- mean ± std over seeds, paired bootstrap intervals against scratch;
+* :mod:`.report` -- ``summary.json``, ``results.md``, learning-curve and parity plots;
+* :mod:`.ship` -- export of the best model per property with a model card;
+* :mod:`.presets` -- study config defaults, ``quick`` / ``full`` presets
+  (``irreptensor_ml/configs/transfer_{quick,full}.yaml``);
+* :mod:`.cli` -- ``irreptensor-ml transfer`` (:func:`main_transfer`).
+
+Importing this package is cheap; the heavy modules load on first attribute access. On a machine
+without pymatgen, placeholder pymatgen modules are registered (see :mod:`._compat`) so that the
+study can run from an exported cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+install_pymatgen_stub_if_missing()
+
+_LAZY = {
+    "StudyData": "studydata",
+    "STRATEGIES": "strategies",
+    "build_module": "strategies",
+    "RunSpec": "runner",
+    "execute_run": "runner",
+    "run_study": "study",
+    "RunStore": "study",
+    "StudyError": "study",
+    "paired_bootstrap": "stats",
+    "mean_std": "stats",
+    "load_study_config": "presets",
+    "export_models": "ship",
+    "main_transfer": "cli",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"irreptensor_ml.transfer.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'irreptensor_ml.transfer' has no attribute {name!r}")

@@ -1,0 +1,273 @@
+"""Transfer-study configuration: defaults, the shipped ``quick`` and ``full`` presets, validation.
+
+A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULTS` for values):
+
+``name``                 label used in reports.
+``results_dir``          where runs, models, predictions and the report go.
+``data``                 :class:`~irreptensor_ml.data.DataConfig` settings of the study data
+                         (``properties`` and ``train_fraction`` are fixed by the study).
+``train``                training config (``model``, ``loss``, ``optim``, ``trainer`` sections of
+                         ``configs/default.yaml``) shared by every run.
+``pretrain``             ``property`` (elastic), ``seeds`` (one pretrained trunk per seed; the
+                         i-th study seed uses ``seeds[i % len(seeds)]``) and ``overrides``
+                         (dotted training-config keys, e.g. ``trainer.max_epochs``).
+``targets``              properties the trunk is transferred to.
+``strategies``           subset of scratch / frozen / finetune / multitask / control.
+``fractions``            learning-curve fractions of each target's training materials.
+``seeds``                seeds per point (subsample, initialisation and batch order).
+``min_train_steps``      lower bound on optimizer steps per run (small fractions get more epochs,
+                         see :func:`irreptensor_ml.transfer.runner.epochs_for`); 0 = off.
+``strategy_settings``    fixed per-strategy overrides (dotted keys; ``trunk_lr_scale`` for
+                         finetune).
+``tuning``               ``candidates: {strategy: [overrides, ...]}`` -- every listed strategy
+                         must get the same number of candidates (equal tuning budget); they are
+                         compared on the validation Frobenius MAE at ``fraction`` over ``seeds``;
+                         an empty mapping = no tuning (fixed settings).
+``bootstrap``            ``n_resamples``, ``confidence``, ``seed`` of the paired bootstrap.
+``eval_batch_size``      batch size of the metric passes.
+``workers``              concurrent run processes (``--workers`` overrides).
+
+:func:`load_study_config` merges a preset name (``quick``, ``full``), a YAML path or a dict over
+:data:`DEFAULTS`, applies ``"a.b=value"`` overrides and validates; unknown keys raise
+``ValueError`` naming them.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+__all__ = ["DEFAULTS", "PRESETS", "load_study_config", "preset_path", "validate_study_config"]
+
+#: shipped preset names -> file names in ``irreptensor_ml/configs``
+PRESETS: dict[str, str] = {"quick": "transfer_quick.yaml", "full": "transfer_full.yaml"}
+
+DEFAULTS: dict[str, Any] = {
+    "name": "custom",
+    "results_dir": "transfer_results/custom",
+    "data": {
+        "sources": ["all"],
+        "cutoff": 4.0,
+        "batch_size": 16,
+        "split_seed": 0,
+        "split_fractions": [0.8, 0.1, 0.1],
+        "check_symmetry": True,
+        "progress": False,
+    },
+    "train": {},
+    "pretrain": {"property": "elastic", "seeds": [0], "overrides": {}},
+    "targets": ["dielectric", "piezoelectric"],
+    "strategies": ["scratch", "frozen", "finetune", "multitask", "control"],
+    "fractions": [0.1, 0.25, 0.5, 1.0],
+    "seeds": [0, 1, 2],
+    "min_train_steps": 0,
+    "strategy_settings": {},
+    "tuning": {"fraction": 1.0, "seeds": [0], "candidates": {}},
+    "bootstrap": {"n_resamples": 10000, "confidence": 0.95, "seed": 0},
+    "eval_batch_size": 64,
+    "workers": 1,
+}
+
+_STRATEGIES = ("scratch", "frozen", "finetune", "multitask", "control")
+_PROPERTIES = ("elastic", "dielectric", "piezoelectric")
+_STRATEGY_KEYS = ("trunk_lr_scale",)
+
+
+def preset_path(name: str) -> Path:
+    """Path of a shipped preset YAML (``quick`` or ``full``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown transfer preset {name!r}; shipped presets: {sorted(PRESETS)}")
+    from irreptensor_ml.train.config import CONFIG_DIR
+
+    return CONFIG_DIR / PRESETS[name]
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``config[a][b]... = value`` for ``dotted = "a.b..."`` (creating sections)."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ValueError(f"override key {dotted!r} has an empty part")
+    node = config
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested override mappings -> dotted keys: ``{"trainer": {"max_epochs": 3}}`` ->
+    ``{"trainer.max_epochs": 3}``; a key given twice raises ``ValueError``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        items = flatten_overrides(value, full + ".") if isinstance(value, Mapping) and value else {full: value}
+        for k, v in items.items():
+            if k in out:
+                raise ValueError(f"override {k!r} is given twice")
+            out[k] = v
+    return out
+
+
+def _read(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if str(source) in PRESETS:
+        path = preset_path(str(source))
+    elif not path.is_file():
+        raise ValueError(
+            f"transfer config {str(source)!r} is neither a preset ({sorted(PRESETS)}) nor a file"
+        )
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"transfer config {str(path)!r} must hold a mapping")
+    return data
+
+
+def load_study_config(
+    source: str | Path | Mapping[str, Any] | None = "quick",
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """:data:`DEFAULTS` <- ``source`` (preset name, YAML path or dict) <- ``"a.b=value"`` overrides.
+
+    Override values are parsed as YAML (``fractions=[0.5,1.0]``, ``workers=4``). Returns the
+    validated config.
+    """
+    user = _read(source) if isinstance(source, (str, Path)) else dict(source or {})
+    config = _merge(DEFAULTS, user)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like 'key.sub=value'")
+        key, raw = item.split("=", 1)
+        set_dotted(config, key.strip(), yaml.safe_load(raw))
+    validate_study_config(config)
+    return config
+
+
+def _check_list(config: Mapping[str, Any], key: str, allowed: Sequence[str] | None = None) -> list:
+    value = config[key]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{key} must be a non-empty list, got {value!r}")
+    if len(set(map(str, value))) != len(value):
+        raise ValueError(f"{key} has duplicates: {value}")
+    if allowed is not None:
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ValueError(f"{key} has unknown entries {bad}; allowed: {list(allowed)}")
+    return value
+
+
+def validate_study_config(config: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first unknown key or bad value."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown transfer config key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    for section in ("pretrain", "tuning", "bootstrap"):
+        if not isinstance(config[section], Mapping):
+            raise ValueError(f"{section} must be a mapping, got {config[section]!r}")
+        bad = sorted(set(config[section]) - set(DEFAULTS[section]))
+        if bad:
+            raise ValueError(f"unknown key(s) {bad} in {section!r}; known: {sorted(DEFAULTS[section])}")
+    data = dict(config["data"])
+    for fixed in ("properties", "train_fraction"):
+        if fixed in data:
+            raise ValueError(f"data.{fixed} is set by the transfer study; remove it from the config")
+    from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+    install_pymatgen_stub_if_missing()
+    from irreptensor_ml.data.datamodule import DataConfig
+
+    DataConfig.from_dict(data)  # raises ValueError naming a bad data key
+    targets = _check_list(config, "targets", _PROPERTIES)
+    pre = config["pretrain"]["property"]
+    if pre not in _PROPERTIES:
+        raise ValueError(f"pretrain.property must be one of {_PROPERTIES}, got {pre!r}")
+    if pre in targets:
+        raise ValueError(f"pretrain.property {pre!r} cannot also be a target")
+    strategies = _check_list(config, "strategies", _STRATEGIES)
+    if "scratch" not in strategies:
+        raise ValueError("strategies must include 'scratch' (the baseline every strategy is compared to)")
+    for f in _check_list(config, "fractions"):
+        if not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"fractions must be numbers in (0, 1], got {f!r}")
+    for key in ("seeds",):
+        for s in _check_list(config, key):
+            if not isinstance(s, int) or isinstance(s, bool):
+                raise ValueError(f"{key} must be integers, got {s!r}")
+    if not isinstance(config["pretrain"]["overrides"] or {}, Mapping):
+        raise ValueError("pretrain.overrides must map dotted training keys to values")
+    _check_overrides("pretrain", config["pretrain"]["overrides"] or {}, "pretrain.overrides")
+    pseeds = config["pretrain"]["seeds"]
+    if not isinstance(pseeds, list) or not pseeds or not all(isinstance(s, int) for s in pseeds):
+        raise ValueError(f"pretrain.seeds must be a non-empty list of integers, got {pseeds!r}")
+    if not isinstance(config["min_train_steps"], int) or config["min_train_steps"] < 0:
+        raise ValueError(f"min_train_steps must be an integer >= 0, got {config['min_train_steps']!r}")
+    if not isinstance(config["workers"], int) or config["workers"] < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {config['workers']!r}")
+    if not isinstance(config["eval_batch_size"], int) or config["eval_batch_size"] < 1:
+        raise ValueError(f"eval_batch_size must be an integer >= 1, got {config['eval_batch_size']!r}")
+    settings = config["strategy_settings"]
+    if not isinstance(settings, Mapping):
+        raise ValueError("strategy_settings must map strategy -> overrides")
+    for strat, over in settings.items():
+        if strat not in _STRATEGIES:
+            raise ValueError(f"strategy_settings names unknown strategy {strat!r}")
+        _check_overrides(strat, over, f"strategy_settings.{strat}")
+    tuning = config["tuning"]
+    if not 0 < float(tuning["fraction"]) <= 1:
+        raise ValueError(f"tuning.fraction must be in (0, 1], got {tuning['fraction']!r}")
+    cands = tuning["candidates"] or {}
+    if not isinstance(cands, Mapping):
+        raise ValueError("tuning.candidates must map strategy -> list of overrides")
+    for strat, lst in cands.items():
+        if strat not in _STRATEGIES:
+            raise ValueError(f"tuning.candidates names unknown strategy {strat!r}")
+        if not isinstance(lst, list) or not lst:
+            raise ValueError(f"tuning.candidates.{strat} must be a non-empty list of overrides")
+        for k, over in enumerate(lst):
+            _check_overrides(strat, over, f"tuning.candidates.{strat}[{k}]")
+    sizes = {s: len(cands.get(s) or [{}]) for s in strategies}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"unequal tuning budget: candidates per strategy {sizes}; give every strategy the same "
+            "number of candidates"
+        )
+    b = config["bootstrap"]
+    if not isinstance(b["n_resamples"], int) or b["n_resamples"] < 100:
+        raise ValueError(f"bootstrap.n_resamples must be an integer >= 100, got {b['n_resamples']!r}")
+    if not 0 < float(b["confidence"]) < 1:
+        raise ValueError(f"bootstrap.confidence must be in (0, 1), got {b['confidence']!r}")
+    train = config["train"]
+    if not isinstance(train, Mapping):
+        raise ValueError("train must be a mapping of training-config sections")
+    bad = sorted(set(train) - {"model", "loss", "optim", "trainer"})
+    if bad:
+        raise ValueError(f"unknown key(s) {bad} in 'train'; known: ['loss', 'model', 'optim', 'trainer']")
+
+
+def _check_overrides(strategy: str, over: Any, where: str) -> None:
+    if not isinstance(over, Mapping):
+        raise ValueError(f"{where} must be a mapping of dotted keys to values, got {over!r}")
+    for key, value in flatten_overrides(over).items():
+        if key in _STRATEGY_KEYS:
+            if strategy != "finetune":
+                raise ValueError(f"{where}: {key} applies only to finetune")
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{where}: {key} must be a number > 0, got {value!r}")
+        elif key.split(".", 1)[0] not in ("model", "loss", "optim", "trainer"):
+            raise ValueError(
+                f"{where}: key {key!r} must be trunk_lr_scale or a dotted training key under "
+                "model/loss/optim/trainer"
+            )

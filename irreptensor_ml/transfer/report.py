@@ -1,0 +1,351 @@
+"""Summary, Markdown table and plots of a transfer study.
+
+:func:`summarize` gathers the stored final runs of the current plan into one JSON-ready dict:
+per target, strategy and fraction the test metrics over seeds (mean ± std of every metric of
+:func:`irreptensor_ml.metrics.tensor_metrics`), the paired bootstrap interval of the difference
+in mean Frobenius error against ``scratch`` over the same test materials with its verdict, the
+validation scores that chose the hyper-parameters and the best strategy per target on
+validation, plus the elastic pretraining model's own test metrics, hardware and wall time.
+
+:func:`write_report` writes ``summary.json``, ``results.md`` (:func:`markdown_report`),
+``learning_curve_<target>.png`` (test Frobenius MAE vs training fraction, mean ± std over seeds,
+one line per strategy) and parity plots of the best model per property
+(``parity_<property>.png``, via :func:`irreptensor_ml.plots.plot_parity`). Plots use matplotlib's
+Agg backend and are skipped with a warning if matplotlib is missing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from irreptensor_ml.transfer import stats as S
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["summarize", "markdown_report", "write_report", "format_cell"]
+
+#: metrics shown with their own row in the Markdown "all metrics" tables (others are in the JSON)
+MAIN_METRICS: tuple[str, ...] = ("frobenius_mae", "mae", "rel_frobenius", "ewt25", "ewt10", "ewt5")
+
+
+def _fkey(f: float) -> str:
+    return f"{float(f):g}"
+
+
+def _fraction_label(f: float) -> str:
+    return f"{100 * float(f):g} %"
+
+
+def summarize(
+    config: Mapping[str, Any],
+    data: Any,
+    store: Any,
+    pretrain_specs: Sequence[Any],
+    final_specs: Sequence[Any],
+    selection: Mapping[str, Any],
+    *,
+    session_elapsed_s: float | None = None,
+) -> dict[str, Any]:
+    """JSON-ready summary of the finished study (see the module doc).
+
+    Raises ``ValueError`` if a final run lacks its stored test metrics.
+    """
+    from irreptensor_ml.metrics import TENSOR_UNITS
+    from irreptensor_ml.train.provenance import hardware_info, package_versions
+
+    boot = config["bootstrap"]
+    run_seconds = 0.0
+    devices: set[str] = set()
+    spans: list[tuple[float, float]] = []
+
+    def record(spec: Any) -> dict[str, Any]:
+        nonlocal run_seconds
+        rec = store.load(spec.run_id)
+        if rec is None or "test" not in rec:
+            raise ValueError(f"final run {spec.run_id} has no stored test metrics")
+        run_seconds += float(rec.get("wall_time_s") or 0.0)
+        devices.add(str(rec.get("device")))
+        try:
+            end = calendar.timegm(time.strptime(rec["finished"], "%Y-%m-%dT%H:%M:%SZ"))
+            spans.append((end - float(rec.get("wall_time_s") or 0.0), end))
+        except (KeyError, ValueError, TypeError):
+            pass
+        return rec
+
+    pretrain = []
+    for spec in pretrain_specs:
+        rec = record(spec)
+        pretrain.append({"run_id": spec.run_id, "seed": spec.seed, "val": rec["val"], "test": rec["test"],
+                         "train": rec["train"], "wall_time_s": rec.get("wall_time_s")})
+    results: dict[str, Any] = {}
+    errors: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+    for spec in final_specs:
+        rec = record(spec)
+        preds = store.load_predictions(spec.run_id)
+        cell = (
+            results.setdefault(spec.target, {}).setdefault(spec.strategy, {})
+            .setdefault(_fkey(spec.fraction), {"runs": []})
+        )
+        cell["runs"].append({
+            "run_id": spec.run_id, "seed": spec.seed, "val": rec["val"], "test": rec["test"],
+            "epochs_run": rec["train"]["epochs_run"], "best_epoch": rec["train"]["best_epoch"],
+            "n_train_target": rec["train"]["n_train_target"], "wall_time_s": rec.get("wall_time_s"),
+        })
+        errors[(spec.target, spec.strategy, _fkey(spec.fraction))] = {
+            **errors.get((spec.target, spec.strategy, _fkey(spec.fraction)), {}),
+            spec.seed: dict(zip(preds["sample_ids"], preds["frobenius_error"])),
+        }
+    best_on_val: dict[str, Any] = {}
+    for target, by_strat in results.items():
+        for strat, by_frac in by_strat.items():
+            for fk, cell in by_frac.items():
+                runs = cell["runs"]
+                names = sorted({k for r in runs for k in r["test"]})
+                cell["test"] = {k: S.mean_std([r["test"].get(k) for r in runs]) for k in names}
+                cell["val_frobenius_mae"] = S.mean_std([r["val"].get("frobenius_mae") for r in runs])
+                cell["n_train_target"] = S.mean_std([r["n_train_target"] for r in runs])
+                if strat != "scratch" and "scratch" in by_strat and fk in by_strat["scratch"]:
+                    a, b, seeds, mats = S.align_errors(errors[(target, strat, fk)], errors[(target, "scratch", fk)])
+                    ci = S.paired_bootstrap(a, b, n_resamples=int(boot["n_resamples"]),
+                                            confidence=float(boot["confidence"]), seed=int(boot["seed"]))
+                    ci["verdict"] = S.verdict(ci)
+                    ci["seeds"] = seeds
+                    cell["vs_scratch"] = ci
+        top = _fkey(max(config["fractions"]))
+        scores = {
+            s: by_frac[top]["val_frobenius_mae"]["mean"]
+            for s, by_frac in by_strat.items() if top in by_frac and by_frac[top]["val_frobenius_mae"]["mean"] is not None
+        }
+        if scores:
+            best = min(scores, key=scores.get)
+            best_on_val[target] = {"strategy": best, "fraction": float(top), "val_frobenius_mae": scores}
+    pre_prop = config["pretrain"]["property"]
+    if pretrain:
+        best_pre = min(pretrain, key=lambda r: r["val"].get("frobenius_mae") or math.inf)
+        best_on_val[pre_prop] = {"strategy": "pretrain", "fraction": 1.0, "run_id": best_pre["run_id"]}
+    names = sorted({k for r in pretrain for k in r["test"]})
+    return {
+        "name": config["name"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": json.loads(json.dumps(config, default=str)),
+        "data": {
+            "fingerprint": data.fingerprint,
+            "counts": data.counts(),
+            "data_config": data.data_config,
+            "hashes": data.provenance.get("data_hashes", {}),
+        },
+        "units": dict(TENSOR_UNITS),
+        "pretrain": {
+            "property": pre_prop,
+            "runs": pretrain,
+            "test": {k: S.mean_std([r["test"].get(k) for r in pretrain]) for k in names},
+        },
+        "results": results,
+        "selection": selection,
+        "best_on_validation": best_on_val,
+        "hardware": hardware_info(),
+        "run_devices": sorted(devices),
+        "versions": package_versions(),
+        "wall_time": {
+            "sum_of_run_times_s": round(run_seconds, 1),
+            "first_run_start_to_last_run_end_s": (
+                round(max(e for _, e in spans) - min(b for b, _ in spans), 1) if spans else None
+            ),
+            "this_session_elapsed_s": None if session_elapsed_s is None else round(session_elapsed_s, 1),
+        },
+    }
+
+
+def format_cell(ms: Mapping[str, Any] | None, digits: int = 4) -> str:
+    """``"mean ± std"`` (``"mean (n=1)"`` for one seed, ``"–"`` if missing)."""
+    if not ms or ms.get("mean") is None:
+        return "–"
+    if ms.get("std") is None:
+        return f"{ms['mean']:.{digits}g} (n={ms['n']})"
+    return f"{ms['mean']:.{digits}g} ± {ms['std']:.{digits - 1}g}"
+
+
+def _ci_cell(ci: Mapping[str, Any] | None) -> str:
+    if not ci:
+        return "–"
+    word = {"better": "**better**", "worse": "**worse**"}.get(ci["verdict"], "n.s.")
+    return f"{ci['diff']:+.3g} [{ci['low']:+.3g}, {ci['high']:+.3g}] {word}"
+
+
+def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
+    """The study as Markdown: setup, elastic metrics, per-target tables, plain-words verdicts and
+    links to the figures (``image_prefix`` + file name, e.g. a path relative to the Markdown file)."""
+    cfg = summary["config"]
+    hw = summary["hardware"]
+    fractions = sorted(float(f) for f in cfg["fractions"])
+    seeds = cfg["seeds"]
+    units = summary["units"]
+    gpus = ", ".join(d["name"] for d in hw.get("cuda_devices") or []) or "none"
+    wall = summary["wall_time"]
+    lines = [
+        f"# Transfer learning study `{summary['name']}`",
+        "",
+        f"- Question: does a trunk pretrained on **{summary['pretrain']['property']}** tensors help learn "
+        f"{', '.join(cfg['targets'])}, and which way of reusing it works best?",
+        f"- Seeds per point: **{len(seeds)}** {seeds}"
+        + (" (ONE seed: no spread over seeds, treat differences with care)" if len(seeds) == 1 else "")
+        + f"; fractions of each target's training materials: {', '.join(_fraction_label(f) for f in fractions)}.",
+        f"- Hyper-parameters: "
+        + ("tuned on validation with the same number of candidates per strategy "
+           f"(at {_fraction_label(cfg['tuning']['fraction'])}, seeds {cfg['tuning']['seeds']})"
+           if any(len(v.get("overrides", [])) > 1 for t in summary["selection"].values() for v in t.values())
+           else "fixed (no tuning; identical settings for every strategy except the finetune trunk "
+           "learning-rate scale)")
+        + "; test set evaluated once per final model.",
+        f"- Split: one union split over all materials of all properties (split seed "
+        f"{summary['data']['data_config'].get('split_seed')}): no test material of any property is in any "
+        "training or validation set, pretraining included.",
+        "- Data (samples train/val/test): "
+        + ", ".join(f"{p} {c['train']}/{c['val']}/{c['test']}" for p, c in summary["data"]["counts"].items())
+        + f"; data fingerprint "
+        f"`{summary['data']['fingerprint'][:12]}`.",
+        f"- Hardware: {hw.get('cpu_count')} CPU cores ({hw.get('platform')}), GPU: {gpus}; runs executed on "
+        f"{', '.join(summary['run_devices'])} with {cfg['workers']} worker process(es). Wall time: "
+        f"{wall['first_run_start_to_last_run_end_s']} s from the first run's start to the last run's end "
+        f"(includes pauses if the study was resumed); sum of the runs' own times {wall['sum_of_run_times_s']:.0f} s "
+        "(training + validation, data preparation and test passes not included).",
+        "",
+        f"## {summary['pretrain']['property']} pretraining model (test set)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k in MAIN_METRICS + tuple(k for k in summary["pretrain"]["test"] if k.endswith("_mae") and k not in MAIN_METRICS):
+        if k in summary["pretrain"]["test"]:
+            lines.append(f"| {k} | {format_cell(summary['pretrain']['test'][k])} |")
+    for target, by_strat in summary["results"].items():
+        unit = units.get(target) or "dimensionless"
+        header = "| strategy | " + " | ".join(_fraction_label(f) for f in fractions) + " |"
+        sep = "|---|" + "---|" * len(fractions)
+        lines += ["", f"## {target}", "",
+                  f"Test Frobenius MAE ({unit}), mean ± std over seeds (lower is better):", "", header, sep]
+        for strat, by_frac in by_strat.items():
+            cells = [format_cell((by_frac.get(_fkey(f)) or {}).get("test", {}).get("frobenius_mae")) for f in fractions]
+            lines.append(f"| {strat} | " + " | ".join(cells) + " |")
+        lines += ["", f"Difference to scratch in mean test Frobenius error ({unit}), paired bootstrap "
+                  f"{100 * float(cfg['bootstrap']['confidence']):g} % interval over the same test materials "
+                  "(negative = better than scratch; n.s. = interval contains 0):", "", header, sep]
+        for strat, by_frac in by_strat.items():
+            if strat == "scratch":
+                continue
+            cells = [_ci_cell((by_frac.get(_fkey(f)) or {}).get("vs_scratch")) for f in fractions]
+            lines.append(f"| {strat} | " + " | ".join(cells) + " |")
+        lines += ["", "In words:"]
+        for strat, by_frac in by_strat.items():
+            if strat == "scratch":
+                continue
+            groups: dict[str, list[str]] = {}
+            for f in fractions:
+                ci = (by_frac.get(_fkey(f)) or {}).get("vs_scratch")
+                if ci:
+                    groups.setdefault(ci["verdict"], []).append(_fraction_label(f))
+            text = "; ".join(f"{v} than scratch at {', '.join(fs)}" if v != "no significant difference"
+                             else f"no significant difference at {', '.join(fs)}" for v, fs in groups.items())
+            lines.append(f"- {strat}: {text or 'no comparison'}.")
+        top = _fkey(max(fractions))
+        best = summary["best_on_validation"].get(target)
+        if best:
+            lines.append(f"- Best strategy on validation at {_fraction_label(float(top))}: **{best['strategy']}**.")
+        lines += ["", f"All test metrics at {_fraction_label(float(top))} (mean ± std over seeds):", "",
+                  "| metric | " + " | ".join(by_strat) + " |", "|---|" + "---|" * len(by_strat)]
+        names: list[str] = []
+        for by_frac in by_strat.values():
+            for k in (by_frac.get(top) or {}).get("test", {}):
+                if k not in names and k != "n":
+                    names.append(k)
+        for k in names:
+            cells = [format_cell((by_frac.get(top) or {}).get("test", {}).get(k)) for by_frac in by_strat.values()]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "## Figures", ""]
+    for target in summary["results"]:
+        lines.append(f"![{target} learning curve]({image_prefix}learning_curve_{target}.png)")
+    for prop, best in summary["best_on_validation"].items():
+        lines.append(f"![{prop} parity plot, {best['strategy']}]({image_prefix}parity_{prop}.png)")
+    lines += ["", "Metric definitions: `irreptensor_ml/metrics.py` (Frobenius MAE over full Cartesian tensors; "
+              "EwT = share of materials with relative Frobenius error below the threshold)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """``learning_curve_<target>.png``: test Frobenius MAE vs fraction, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for target, by_strat in summary["results"].items():
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for strat, by_frac in by_strat.items():
+            fs = sorted(by_frac, key=float)
+            x = np.array([float(f) for f in fs])
+            m = np.array([by_frac[f]["test"]["frobenius_mae"]["mean"] for f in fs], dtype=float)
+            s = np.array([by_frac[f]["test"]["frobenius_mae"]["std"] or 0.0 for f in fs], dtype=float)
+            ax.errorbar(100 * x, m, yerr=s, marker="o", capsize=3, label=strat)
+        unit = summary["units"].get(target) or "dimensionless"
+        ax.set_xscale("log")
+        ticks = sorted({100 * float(f) for by_frac in by_strat.values() for f in by_frac})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("training materials of the target (%)")
+        ax.set_ylabel(f"test Frobenius MAE ({unit})")
+        ax.set_title(f"{target}: mean ± std over {len(summary['config']['seeds'])} seed(s)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"learning_curve_{target}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_best_parity(summary: Mapping[str, Any], store: Any, out_dir: Path) -> list[Path]:
+    """``parity_<property>.png`` of the best model on validation per property (test set)."""
+    import irreptensor as it
+    from irreptensor_ml.plots import plot_parity
+
+    written = []
+    for prop, best in summary["best_on_validation"].items():
+        if best["strategy"] == "pretrain":
+            run_id = best["run_id"]
+        else:
+            runs = summary["results"][prop][best["strategy"]][_fkey(best["fraction"])]["runs"]
+            run_id = min(runs, key=lambda r: r["val"].get("frobenius_mae") or math.inf)["run_id"]
+        preds = store.load_predictions(run_id)
+        pi, ti = np.asarray(preds["pred_irreps"]), np.asarray(preds["true_irreps"])
+        written.append(plot_parity(
+            it.compose(pi, prop), it.compose(ti, prop), prop, out_dir / f"parity_{prop}.png",
+            pred_irreps=pi, true_irreps=ti,
+            title=f"{prop}: {best['strategy']} (test, N = {len(ti)})",
+        ))
+    return written
+
+
+def write_report(summary: Mapping[str, Any], out_dir: str | Path, store: Any | None = None) -> list[Path]:
+    """Write ``summary.json``, ``results.md`` and the plots into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "summary.json", out / "results.md"]
+    files[0].write_text(json.dumps(summary, indent=1, allow_nan=False, default=str) + "\n")
+    files[1].write_text(markdown_report(summary))
+    try:
+        files += plot_learning_curves(summary, out)
+        if store is not None:
+            files += plot_best_parity(summary, store, out)
+    except ImportError as exc:  # matplotlib missing (e.g. a bare GPU node)
+        logger.warning("plots skipped: %s", exc)
+    return files

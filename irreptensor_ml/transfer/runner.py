@@ -1,0 +1,440 @@
+"""Execute one run of the transfer study: select data, build the strategy's model, train, evaluate.
+
+A run is described by a :class:`RunSpec` (plain data; its :attr:`RunSpec.run_id` is a hash of
+everything that determines the result). :func:`execute_run` trains it with Lightning
+(early stopping and best-epoch selection on the validation loss of the run's target property),
+exports the best model as a weights-only ``model.pt`` (:func:`irreptensor_ml.train.save_model`
+format, so :func:`irreptensor_ml.train.load_model` and ``predict`` read it), and returns a
+JSON-ready record with the validation metrics. :func:`evaluate_test` evaluates a stored model
+once on the test set of its target and returns the metrics and the per-material predictions.
+
+Data of a run (``seed`` also draws the training subsample):
+
+* pretraining (``kind="pretrain"``): all training samples of the pretraining property (elastic);
+* ``scratch`` / ``frozen`` / ``finetune`` / ``control``: the training samples of the target whose
+  material is in the kept ``fraction`` of the target's training materials;
+* ``multitask``: every training sample of the union with its targets of all three properties,
+  except that the target's tensor is removed from samples whose material is not in the kept
+  fraction (the same materials as the single-task runs of that seed); other properties are used
+  in full.
+
+Validation always uses the full validation set of the target; the test set is the full test set
+of the target, identical for all strategies, fractions and seeds (paired comparisons).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+install_pymatgen_stub_if_missing()
+
+import lightning  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from irreptensor_ml.data.normalization import IrrepNormalizer  # noqa: E402
+from irreptensor_ml.evaluate import collect_predictions, compute_metrics  # noqa: E402
+from irreptensor_ml.metrics import frobenius_norm  # noqa: E402
+from irreptensor_ml.train.checkpoint import load_model, save_model  # noqa: E402
+from irreptensor_ml.transfer.strategies import (  # noqa: E402
+    build_module,
+    get_strategy,
+    heads_for,
+    trunk_state_from_model_state,
+)
+from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RUN_KINDS", "RunSpec", "execute_run", "evaluate_test", "EXECUTION_ONLY_TRAINER_KEYS"]
+
+#: bump when the meaning of a run changes (then every run id changes and runs are redone)
+STUDY_CODE_VERSION = "transfer-1"
+RUN_KINDS: tuple[str, ...] = ("pretrain", "transfer")
+#: trainer settings that change where/how fast a run executes but not what it computes; they
+#: are left out of the run id so a study can move between machines (CPU <-> GPU) and resume.
+EXECUTION_ONLY_TRAINER_KEYS: tuple[str, ...] = (
+    "accelerator", "devices", "num_nodes", "strategy", "num_threads", "enable_progress_bar",
+    "log_every_n_steps",
+)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one run.
+
+    Attributes:
+        kind: ``"pretrain"`` (elastic model whose trunk the transfer strategies reuse) or
+            ``"transfer"``.
+        strategy: a name of :data:`~irreptensor_ml.transfer.strategies.STRATEGIES` (pretraining
+            runs use ``"scratch"``).
+        target: evaluated (and, single-task, trained) property.
+        fraction: kept fraction of the target's training materials, in (0, 1].
+        seed: seeds the training subsample, the initialisation and the batch order.
+        train_config: resolved training config (``model``, ``loss``, ``optim``, ``trainer``,
+            ``data``, ``seed``), with the candidate hyper-parameters applied.
+        trunk_lr_scale: trunk learning-rate factor (finetune).
+        pretrain_id: run id of the pretraining run whose trunk is reused (frozen/finetune).
+        data_fingerprint: :attr:`StudyData.fingerprint` of the data.
+        candidate: index of the tuning candidate (for reports; its settings are in
+            ``train_config``/``trunk_lr_scale``).
+    """
+
+    kind: str
+    strategy: str
+    target: str
+    fraction: float
+    seed: int
+    train_config: Mapping[str, Any]
+    trunk_lr_scale: float = 1.0
+    pretrain_id: str | None = None
+    data_fingerprint: str = ""
+    candidate: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"RunSpec.kind must be one of {RUN_KINDS}, got {self.kind!r}")
+        strat = get_strategy(self.strategy)
+        if self.target not in PROPERTIES:
+            raise ValueError(f"RunSpec.target must be one of {PROPERTIES}, got {self.target!r}")
+        if not 0 < float(self.fraction) <= 1:
+            raise ValueError(f"RunSpec.fraction must be in (0, 1], got {self.fraction}")
+        if self.kind == "pretrain" and (self.strategy != "scratch" or self.pretrain_id):
+            raise ValueError("a pretrain run uses strategy 'scratch' and no pretrain_id")
+        if strat.pretrained_trunk and self.kind == "transfer" and not self.pretrain_id:
+            raise ValueError(f"strategy {self.strategy!r} needs a pretrain_id")
+        if not strat.pretrained_trunk and self.pretrain_id:
+            raise ValueError(f"strategy {self.strategy!r} does not use a pretrained trunk")
+
+    def identity(self) -> dict[str, Any]:
+        """The JSON-ready content hashed into :attr:`run_id` (execution-only settings removed)."""
+        cfg = copy.deepcopy(dict(self.train_config))
+        trainer = dict(cfg.get("trainer") or {})
+        for key in EXECUTION_ONLY_TRAINER_KEYS:
+            trainer.pop(key, None)
+        cfg["trainer"] = trainer
+        data = dict(cfg.get("data") or {})
+        for key in ("cache_dir", "progress", "num_workers", "data_root"):
+            data.pop(key, None)
+        cfg["data"] = data
+        return {
+            "code_version": STUDY_CODE_VERSION,
+            "kind": self.kind,
+            "strategy": self.strategy,
+            "target": self.target,
+            "fraction": float(self.fraction),
+            "seed": int(self.seed),
+            "train_config": cfg,
+            "trunk_lr_scale": float(self.trunk_lr_scale),
+            "pretrain_id": self.pretrain_id,
+            "data_fingerprint": self.data_fingerprint,
+        }
+
+    @property
+    def run_id(self) -> str:
+        """``<kind-or-strategy>-<target>-f<fraction>-s<seed>-<16 hex of sha256(identity)>``."""
+        digest = hashlib.sha256(
+            json.dumps(self.identity(), sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        head = "pretrain" if self.kind == "pretrain" else self.strategy
+        return f"{head}-{self.target}-f{float(self.fraction):g}-s{int(self.seed)}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (inverse: :meth:`from_dict`)."""
+        out = dataclasses.asdict(self)
+        out["train_config"] = json.loads(json.dumps(self.train_config, default=str))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        """Rebuild from :meth:`to_dict` output."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"RunSpec.from_dict: unknown key(s) {unknown}")
+        return cls(**dict(d))
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def run_datasets(spec: RunSpec, data: StudyData) -> dict[str, Any]:
+    """The run's train / val / test :class:`GraphTargetDataset` and head properties.
+
+    Returns ``{"heads": [...], "train": ds, "val": ds, "test": ds, "n_train_target": int,
+    "n_train_materials": int}``.
+    """
+    strat = get_strategy(spec.strategy)
+    heads = heads_for(strat, spec.target, list(PROPERTIES)) if spec.kind == "transfer" else [spec.target]
+    kept = data.train_subset(spec.target, spec.fraction, spec.seed)
+    if strat.all_heads and spec.kind == "transfer":
+        all_train = data.indices("train")
+        kept_set = set(kept)
+        dropped = {k for k in data.indices("train", spec.target) if k not in kept_set}
+        train = data.dataset(all_train, heads, drop={spec.target: dropped}, id_property=spec.target)
+    else:
+        train = data.dataset(kept, heads, id_property=spec.target)
+    val = data.dataset(data.indices("val", spec.target), heads, id_property=spec.target)
+    test = data.dataset(data.indices("test", spec.target), [spec.target], id_property=spec.target)
+    if train.count(spec.target) == 0:
+        raise ValueError(f"run {spec.run_id}: no training sample of {spec.target!r}")
+    if len(val) == 0:
+        raise ValueError(f"run {spec.run_id}: no validation sample of {spec.target!r}")
+    return {
+        "heads": heads,
+        "train": train,
+        "val": val,
+        "test": test,
+        "n_train_target": train.count(spec.target),
+        "n_train_materials": len({data.material_keys[k] for k in kept}),
+    }
+
+
+def _loader(dataset: Any, data: StudyData, props: Sequence[str], batch_size: int, dtype: torch.dtype,
+            shuffle: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=int(batch_size), shuffle=shuffle, num_workers=0,
+        collate_fn=data.collate_fn(props, dtype),
+    )
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+class BestState(lightning.Callback):
+    """Keep (on CPU) the module state of the epoch with the lowest ``monitor`` value."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.best: float = math.inf
+        self.best_epoch: int = -1
+        self.state: dict[str, torch.Tensor] | None = None
+        self.history: list[float] = []
+
+    def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ValueError(f"metric {self.monitor!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
+        value = float(value)
+        self.history.append(value)
+        if math.isfinite(value) and value < self.best:
+            self.best, self.best_epoch = value, int(trainer.current_epoch)
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+
+def epochs_for(train_config: Mapping[str, Any], n_train: int, min_train_steps: int) -> tuple[int, int]:
+    """``(max_epochs, early_stopping_patience)`` for a training set of ``n_train`` samples.
+
+    Both are ``trainer.max_epochs`` / ``trainer.early_stopping_patience``, scaled up by the same
+    factor when ``max_epochs`` epochs would make fewer than ``min_train_steps`` optimizer steps
+    (so small learning-curve fractions still get a minimum number of updates).
+    """
+    trainer = train_config["trainer"]
+    epochs = int(trainer["max_epochs"])
+    patience = int(trainer["early_stopping_patience"])
+    if epochs < 1 or patience < 1:
+        raise ValueError(f"max_epochs and early_stopping_patience must be >= 1, got {epochs}, {patience}")
+    steps_per_epoch = max(1, math.ceil(n_train / int(train_config["data"]["batch_size"])))
+    if min_train_steps > 0 and epochs * steps_per_epoch < min_train_steps:
+        factor = min_train_steps / (epochs * steps_per_epoch)
+        return math.ceil(epochs * factor), math.ceil(patience * factor)
+    return epochs, patience
+
+
+def _build_trainer(train_config: Mapping[str, Any], max_epochs: int, patience: int, monitor: str,
+                   best: BestState) -> lightning.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    t = dict(train_config["trainer"])
+    kwargs: dict[str, Any] = {}
+    for key in ("precision", "gradient_clip_val", "deterministic", "limit_train_batches", "limit_val_batches"):
+        if t.get(key) is not None:
+            kwargs[key] = t[key]
+    return lightning.Trainer(
+        accelerator=t.get("accelerator", "auto"),
+        devices=1,
+        max_epochs=int(max_epochs),
+        callbacks=[EarlyStopping(monitor=monitor, mode="min", patience=int(patience)), best],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=bool(t.get("enable_progress_bar", False)),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def _fit_normalizers(train: Any, heads: Sequence[str], irreps: Mapping[str, str]) -> dict[str, IrrepNormalizer]:
+    return {p: IrrepNormalizer().fit(train.targets(p), irreps[p]) for p in heads}
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
+def execute_run(
+    spec: RunSpec,
+    data: StudyData,
+    model_path: str | os.PathLike[str],
+    *,
+    pretrained_model: str | os.PathLike[str] | None = None,
+    min_train_steps: int = 0,
+    eval_batch_size: int = 64,
+) -> dict[str, Any]:
+    """Train the run, write its best model to ``model_path``, return its record (no test metrics).
+
+    Args:
+        spec: the run.
+        data: the study data (its fingerprint must equal ``spec.data_fingerprint``).
+        model_path: where the weights-only model file goes.
+        pretrained_model: model file of the pretraining run (frozen / finetune).
+        min_train_steps: see :func:`epochs_for`.
+        eval_batch_size: batch size of the validation metrics pass.
+
+    The record holds ``run_id``, ``spec``, ``train`` (sizes, epochs, best epoch, best monitored
+    validation loss, its history), ``val`` (all metrics of the target on the validation set,
+    physical units), ``wall_time_s``, ``device``, ``torch_threads`` and ``model_file``.
+    """
+    if spec.data_fingerprint and spec.data_fingerprint != data.fingerprint:
+        raise ValueError(f"run {spec.run_id} was planned for other data (fingerprint mismatch)")
+    started = time.time()
+    cfg = spec.train_config
+    threads = cfg["trainer"].get("num_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    lightning.seed_everything(int(spec.seed), workers=True, verbose=False)
+    sets = run_datasets(spec, data)
+    heads = sets["heads"]
+    normalizers = _fit_normalizers(sets["train"], heads, data.irreps)
+    dtype = _DTYPES[str(cfg["data"].get("dtype", "float32"))]
+    batch_size = int(cfg["data"]["batch_size"])
+
+    trunk_state = None
+    strat = get_strategy(spec.strategy)
+    if strat.pretrained_trunk and spec.kind == "transfer":
+        if pretrained_model is None or not Path(pretrained_model).is_file():
+            raise ValueError(f"run {spec.run_id} needs the pretrained model file, got {pretrained_model}")
+        payload = torch.load(pretrained_model, map_location="cpu", weights_only=True)
+        trunk_state = trunk_state_from_model_state(payload["state_dict"])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # e3nn constants at the training precision
+    try:
+        module = build_module(
+            spec.strategy, spec.target, data.irreps, cfg, normalizers,
+            trunk_state=trunk_state, trunk_lr_scale=spec.trunk_lr_scale, properties=heads,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+    module = module.to(dtype)
+    max_epochs, patience = epochs_for(cfg, len(sets["train"]), min_train_steps)
+    module.max_epochs = max_epochs  # cosine schedule length follows the scaled epochs
+    best = BestState(module.monitor)
+    trainer = _build_trainer(cfg, max_epochs, patience, module.monitor, best)
+    train_loader = _loader(sets["train"], data, heads, batch_size, dtype, shuffle=True)
+    val_loader = _loader(sets["val"], data, heads, batch_size, dtype, shuffle=False)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+    if best.state is None:
+        raise ValueError(f"run {spec.run_id}: no finite validation loss in {len(best.history)} epochs")
+    module.load_state_dict(best.state)
+    module = module.cpu().eval()
+
+    model = module.model
+    val_target = data.dataset(data.indices("val", spec.target), [spec.target], id_property=spec.target)
+    val_preds = collect_predictions(
+        model, _loader(val_target, data, [spec.target], eval_batch_size, dtype, shuffle=False),
+        module.normalizers, [spec.target],
+    )
+    val_metrics = compute_metrics(val_preds)[spec.target]
+    train_info = {
+        "heads": heads,
+        "n_train_samples": len(sets["train"]),
+        "n_train_target": sets["n_train_target"],
+        "n_train_materials_target": sets["n_train_materials"],
+        "n_val": sets["val"].count(spec.target),
+        "n_test": sets["test"].count(spec.target),
+        "max_epochs": max_epochs,
+        "early_stopping_patience": patience,
+        "epochs_run": int(trainer.current_epoch),
+        "best_epoch": best.best_epoch,
+        "monitor": module.monitor,
+        "best_val_loss": best.best,
+        "val_loss_history": [_finite(v) for v in best.history],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_trainable_parameters": sum(p.numel() for g in module.param_groups() for p in g["params"]),
+    }
+    wall = time.time() - started
+    info = {"run_id": spec.run_id, "strategy": spec.strategy, "kind": spec.kind, **train_info}
+    saved_config = json.loads(json.dumps(dict(cfg), default=str))
+    saved_config.setdefault("transfer", {}).update(
+        {"strategy": spec.strategy, "target": spec.target, "fraction": spec.fraction, "seed": spec.seed,
+         "trunk_lr_scale": spec.trunk_lr_scale, "pretrain_id": spec.pretrain_id}
+    )
+    save_model(model_path, model, module.normalizers, saved_config, info)
+    return {
+        "run_id": spec.run_id,
+        "status": "finished",
+        "spec": spec.to_dict(),
+        "train": train_info,
+        "val": {k: _finite(v) for k, v in val_metrics.items()},
+        "wall_time_s": round(wall, 3),
+        "device": _device_name(),
+        "torch_threads": torch.get_num_threads(),
+        "model_file": Path(model_path).name,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def evaluate_test(
+    spec: RunSpec,
+    data: StudyData,
+    model_path: str | os.PathLike[str],
+    *,
+    eval_batch_size: int = 64,
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Evaluate a stored run model once on the test set of its target.
+
+    Returns ``(metrics, predictions)``: all metrics of :func:`irreptensor_ml.metrics.tensor_metrics`
+    (physical units) and ``{"property", "sample_ids", "frobenius_error", "true_irreps",
+    "pred_irreps"}`` per test material, in the fixed order of the test set.
+    """
+    model, normalizers, config = load_model(model_path)
+    dtype = next(model.parameters()).dtype
+    test = data.dataset(data.indices("test", spec.target), [spec.target], id_property=spec.target)
+    if len(test) == 0:
+        raise ValueError(f"no test sample of {spec.target!r}")
+    preds = collect_predictions(
+        model, _loader(test, data, [spec.target], eval_batch_size, dtype, shuffle=False),
+        normalizers, [spec.target],
+    )
+    p = preds[spec.target]
+    metrics = {k: _finite(v) for k, v in compute_metrics(preds)[spec.target].items()}
+    err = frobenius_norm(p.pred - p.true)
+    return metrics, {
+        "property": spec.target,
+        "sample_ids": list(p.material_ids),
+        "frobenius_error": [float(e) for e in err],
+        "true_irreps": np.asarray(p.true_irreps).tolist(),
+        "pred_irreps": np.asarray(p.pred_irreps).tolist(),
+    }

@@ -1,0 +1,266 @@
+"""The five ways of learning a target tensor that the transfer study compares.
+
+=============  ===========================  ==================  ===================================
+strategy       trunk at start               trunk trained?      heads / training data
+=============  ===========================  ==================  ===================================
+``scratch``    random (seeded)              yes                 target head; target data only
+``frozen``     pretrained on elastic        no (frozen)         new target head; target data only
+``finetune``   pretrained on elastic        yes, lr x scale     new target head; target data only
+``multitask``  random (seeded)              yes                 elastic + dielectric + piezoelectric
+                                                                heads on the union of materials,
+                                                                each loss masked where a material
+                                                                lacks that tensor
+``control``    random (seeded)              no (frozen)         target head only: what a head on
+                                                                an untrained trunk can do
+=============  ===========================  ==================  ===================================
+
+All strategies share one architecture (the study's ``model`` settings) and the training loop
+of :class:`~irreptensor_ml.train.module.TensorLightningModule` (same masked, normalized loss).
+:class:`TransferLightningModule` adds what the transfer strategies need: optimizer parameter
+groups with a separate trunk learning rate (``trunk_lr = lr * trunk_lr_scale``) and a frozen
+trunk that stays bit-for-bit unchanged (no gradient, no weight decay, not in the optimizer).
+
+The random trunk of ``control`` (and the initial trunk of ``scratch`` / ``multitask``) is drawn
+after ``lightning.seed_everything(seed)``, so for one seed ``control`` uses exactly the trunk
+``scratch`` starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+install_pymatgen_stub_if_missing()
+
+from irreptensor_ml.data.normalization import IrrepNormalizer  # noqa: E402
+from irreptensor_ml.train.module import TensorLightningModule  # noqa: E402
+
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "TransferLightningModule",
+    "build_module",
+    "get_strategy",
+    "trunk_state_from_model_state",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How a strategy builds and trains its model.
+
+    Attributes:
+        name: strategy name.
+        pretrained_trunk: the trunk starts from the pretrained (elastic) trunk.
+        train_trunk: the trunk's parameters are optimised.
+        all_heads: one head per study property, trained jointly (multitask); otherwise only the
+            target's head.
+        description: one line for reports.
+    """
+
+    name: str
+    pretrained_trunk: bool
+    train_trunk: bool
+    all_heads: bool
+    description: str
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("scratch", False, True, False, "new trunk + head trained on the target only"),
+        Strategy("frozen", True, False, False, "elastic-pretrained trunk frozen, new head trained"),
+        Strategy("finetune", True, True, False, "elastic-pretrained trunk + new head trained"),
+        Strategy("multitask", False, True, True,
+                 "one trunk, three heads trained jointly on the union, masked losses"),
+        Strategy("control", False, False, False, "random frozen trunk, head trained"),
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """The :class:`Strategy` called ``name``; ``ValueError`` naming it if unknown."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}") from None
+
+
+def trunk_state_from_model_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``trunk.*`` entries of a :class:`~irreptensor_ml.model.TensorPredictor` state dict,
+    with the prefix removed (what ``model.trunk.load_state_dict`` takes)."""
+    out = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
+    if not out:
+        raise ValueError("state dict has no 'trunk.*' entries (not a TensorPredictor state?)")
+    return out
+
+
+class TransferLightningModule(TensorLightningModule):
+    """:class:`TensorLightningModule` with a trunk learning-rate scale and an optional frozen trunk.
+
+    Args (besides those of :class:`TensorLightningModule`):
+        trunk_lr_scale: trunk learning rate = ``optim.lr * trunk_lr_scale`` (> 0); heads use
+            ``optim.lr``. Ignored when the trunk is frozen.
+        freeze_trunk: exclude the trunk from optimisation (``requires_grad = False``).
+        monitor_property: the property whose validation loss selects the best epoch
+            (:attr:`monitor` = ``"val/loss_<property>"``).
+    """
+
+    def __init__(
+        self,
+        irreps: Mapping[str, str],
+        model: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        normalizers: Mapping[str, IrrepNormalizer | Mapping[str, Any]] | None = None,
+        max_epochs: int = 100,
+        run_config: Mapping[str, Any] | None = None,
+        *,
+        trunk_lr_scale: float = 1.0,
+        freeze_trunk: bool = False,
+        monitor_property: str | None = None,
+    ) -> None:
+        super().__init__(irreps, model, loss, optim, normalizers, max_epochs, run_config)
+        if not (isinstance(trunk_lr_scale, (int, float)) and trunk_lr_scale > 0 and math.isfinite(trunk_lr_scale)):
+            raise ValueError(f"trunk_lr_scale must be a finite number > 0, got {trunk_lr_scale!r}")
+        monitor_property = monitor_property or next(iter(irreps))
+        if monitor_property not in irreps:
+            raise ValueError(
+                f"monitor_property {monitor_property!r} is not a trained property {sorted(irreps)}"
+            )
+        self.trunk_lr_scale = float(trunk_lr_scale)
+        self.monitor_property = monitor_property
+        self.trunk_frozen = bool(freeze_trunk)
+        self.model.freeze_trunk(self.trunk_frozen)
+
+    @property
+    def monitor(self) -> str:
+        """Logged metric that selects the best epoch: ``val/loss_<monitor_property>``."""
+        return f"val/loss_{self.monitor_property}"
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups: heads at ``lr``; the trunk at ``lr * trunk_lr_scale`` unless
+        frozen (then it is left out)."""
+        lr = float(self.optim_config.get("lr", 3e-3))
+        trunk_ids = {id(p) for p in self.model.trunk.parameters()}
+        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in trunk_ids]
+        groups = [{"params": heads, "lr": lr, "name": "heads"}] if heads else []
+        if not self.trunk_frozen:
+            trunk = [p for p in self.model.trunk.parameters() if p.requires_grad]
+            if trunk:
+                groups.append({"params": trunk, "lr": lr * self.trunk_lr_scale, "name": "trunk"})
+        if not groups:
+            raise ValueError("no trainable parameters (trunk frozen and no heads?)")
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim_config
+        lr = float(cfg.get("lr", 3e-3))
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)))
+        scheduler = cfg.get("scheduler", "cosine")
+        if scheduler == "none":
+            return optimizer
+        if scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                factor=float(cfg.get("plateau_factor", 0.5)),
+                patience=int(cfg.get("plateau_patience", 10)),
+                min_lr=float(cfg.get("min_lr", 0.0)),
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": sched, "monitor": self.monitor, "interval": "epoch"},
+            }
+        if scheduler == "cosine":
+            warmup = int(cfg.get("warmup_epochs", 0))
+            total = max(1, self.max_epochs)
+            min_ratio = float(cfg.get("min_lr", 0.0)) / lr
+
+            def factor(epoch: int) -> float:
+                if epoch < warmup:
+                    return (epoch + 1) / (warmup + 1)
+                progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
+                return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        raise ValueError(f"optim.scheduler must be 'cosine', 'plateau' or 'none', got {scheduler!r}")
+
+
+def heads_for(strategy: Strategy, target: str, properties: Sequence[str]) -> list[str]:
+    """Properties that get a head: all of ``properties`` for multitask, else the target only."""
+    if target not in properties:
+        raise ValueError(f"target {target!r} is not one of the study properties {list(properties)}")
+    return list(properties) if strategy.all_heads else [target]
+
+
+def build_module(
+    strategy: str | Strategy,
+    target: str,
+    irreps: Mapping[str, str],
+    train_config: Mapping[str, Any],
+    normalizers: Mapping[str, IrrepNormalizer],
+    *,
+    trunk_state: Mapping[str, torch.Tensor] | None = None,
+    trunk_lr_scale: float = 1.0,
+    properties: Sequence[str] | None = None,
+) -> TransferLightningModule:
+    """Build the Lightning module of one strategy.
+
+    Call ``lightning.seed_everything(seed)`` first: the random trunk and the heads are drawn here.
+
+    Args:
+        strategy: strategy name or :class:`Strategy`.
+        target: the property the run is evaluated on (monitored for model selection).
+        irreps: ``{property: irreps}`` of all study properties.
+        train_config: resolved training config (``model``, ``loss``, ``optim``, ``trainer``).
+        normalizers: ``{property: IrrepNormalizer}`` for every head (fitted on the run's
+            training targets).
+        trunk_state: pretrained trunk state (``trunk.*`` keys without the prefix); required by
+            ``frozen``/``finetune`` and refused by the others.
+        trunk_lr_scale: trunk learning-rate factor (only ``finetune`` may use a value != 1).
+        properties: study properties (default: all keys of ``irreps``).
+    """
+    strat = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
+    props = list(properties) if properties is not None else list(irreps)
+    heads = heads_for(strat, target, props)
+    if strat.pretrained_trunk and trunk_state is None:
+        raise ValueError(f"strategy {strat.name!r} needs a pretrained trunk_state")
+    if not strat.pretrained_trunk and trunk_state is not None:
+        raise ValueError(f"strategy {strat.name!r} starts from a random trunk; got a trunk_state")
+    if trunk_lr_scale != 1.0 and not (strat.pretrained_trunk and strat.train_trunk):
+        raise ValueError(
+            f"trunk_lr_scale={trunk_lr_scale} applies only to finetune, not to {strat.name!r}"
+        )
+    missing = sorted(set(heads) - set(normalizers))
+    if missing:
+        raise ValueError(f"no normalizer for head(s) {missing}")
+    model_cfg = dict(train_config["model"])
+    model_cfg["heads"] = {p: v for p, v in dict(model_cfg.get("heads") or {}).items() if p in heads}
+    loss_cfg = dict(train_config.get("loss") or {})
+    loss_cfg["weights"] = {p: w for p, w in dict(loss_cfg.get("weights") or {}).items() if p in heads}
+    module = TransferLightningModule(
+        {p: irreps[p] for p in heads},
+        model=model_cfg,
+        loss=loss_cfg,
+        optim=dict(train_config["optim"]),
+        normalizers={p: normalizers[p] for p in heads},
+        max_epochs=int(train_config["trainer"]["max_epochs"]),
+        run_config=dict(train_config),
+        trunk_lr_scale=trunk_lr_scale,
+        freeze_trunk=not strat.train_trunk,
+        monitor_property=target,
+    )
+    if trunk_state is not None:
+        missing_keys, unexpected = module.model.trunk.load_state_dict(dict(trunk_state), strict=False)
+        if missing_keys or unexpected:
+            raise ValueError(
+                "pretrained trunk does not match the study's trunk architecture: "
+                f"missing {list(missing_keys)[:5]}, unexpected {list(unexpected)[:5]}"
+            )
+    return module

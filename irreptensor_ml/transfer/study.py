@@ -1,0 +1,587 @@
+"""The transfer study: plan of runs, resumable run store, (parallel) execution, summary.
+
+Layout of ``results_dir``::
+
+    study_config.yaml              the resolved study config of the last invocation
+    data/<fingerprint>.pt          the study data (weights-only; loaded by worker processes)
+    runs/<run_id>.json             one record per finished run (spec, train info, val metrics,
+                                   and -- for final runs -- test metrics)
+    models/<run_id>.pt             best model of the run (weights-only, load_model format)
+    predictions/<run_id>.json      per-material test predictions of a final run
+    summary.json, results.md, *.png  the report (see :mod:`.report`)
+
+A run's id is a hash of its full definition (:meth:`RunSpec.identity`: strategy, target,
+fraction, seed, resolved training config, trunk learning-rate scale, the pretraining run it
+starts from, the data fingerprint and a code version). A rerun of the study recomputes the plan,
+finds the records already stored and skips those runs, so an interrupted study resumes where it
+stopped -- also on another machine, since execution-only settings (accelerator, threads) are not
+part of the id. Changing any setting of a run gives it a new id (it is redone; old records are
+left alone and ignored).
+
+Phases of :func:`run_study`:
+
+1. pretraining runs (elastic, one per ``pretrain.seeds``), test-evaluated once (the elastic
+   model's own metrics);
+2. if ``tuning.candidates`` is set: every candidate of every strategy and target at
+   ``tuning.fraction`` for ``tuning.seeds`` (validation only); the candidate with the lowest
+   mean validation Frobenius MAE is chosen per (strategy, target) -- the same number of candidates
+   for every strategy;
+3. final runs: every strategy x target x fraction x seed with the chosen settings, each
+   evaluated ONCE on the test set (a final run equal to a tuning run reuses it);
+4. statistics and report (:mod:`.stats`, :mod:`.report`).
+
+With ``workers > 1`` runs execute in that many spawned processes (each loads the study data
+file once); runs that need a pretrained trunk wait for their pretraining run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+install_pymatgen_stub_if_missing()
+
+from irreptensor_ml.train.config import load_config, validate_config  # noqa: E402
+from irreptensor_ml.transfer.presets import flatten_overrides, set_dotted  # noqa: E402
+from irreptensor_ml.transfer.runner import RunSpec  # noqa: E402
+from irreptensor_ml.transfer.strategies import get_strategy  # noqa: E402
+from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunStore", "StudyError", "Task", "load_study_data", "plan_pretrain", "plan_runs",
+           "run_study", "execute_tasks", "selection_from_records"]
+
+#: data-config keys that only affect how the data are read, not what they are
+_DATA_EXECUTION_KEYS = ("cache_dir", "progress", "num_workers", "batch_size", "dtype", "data_root")
+
+
+class StudyError(RuntimeError):
+    """Some runs of the study failed (the others are stored; a rerun retries the failed ones)."""
+
+
+# ------------------------------------------------------------------------------------ store
+
+
+class RunStore:
+    """Files of finished runs under ``results_dir`` (see the module doc for the layout)."""
+
+    def __init__(self, results_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(results_dir)
+
+    def record_path(self, run_id: str) -> Path:
+        return self.root / "runs" / f"{run_id}.json"
+
+    def model_path(self, run_id: str) -> Path:
+        return self.root / "models" / f"{run_id}.pt"
+
+    def predictions_path(self, run_id: str) -> Path:
+        return self.root / "predictions" / f"{run_id}.json"
+
+    def load(self, run_id: str) -> dict[str, Any] | None:
+        """The stored record of ``run_id`` or ``None`` (missing or unreadable)."""
+        path = self.record_path(run_id)
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and rec.get("status") == "finished" else None
+
+    def load_predictions(self, run_id: str) -> dict[str, Any]:
+        """Per-material test predictions of a final run (``ValueError`` if missing)."""
+        path = self.predictions_path(run_id)
+        if not path.is_file():
+            raise ValueError(f"no test predictions stored for run {run_id} ({path})")
+        return json.loads(path.read_text())
+
+    def save(self, record: Mapping[str, Any]) -> Path:
+        """Write a run record atomically."""
+        return _atomic_json(self.record_path(str(record["run_id"])), record)
+
+    def save_test(self, run_id: str, metrics: Mapping[str, Any], predictions: Mapping[str, Any]) -> None:
+        """Add test metrics to the record and write the per-material predictions."""
+        rec = self.load(run_id)
+        if rec is None:
+            raise ValueError(f"run {run_id} has no stored record; train it first")
+        _atomic_json(self.predictions_path(run_id), predictions)
+        rec["test"] = dict(metrics)
+        rec["test_evaluated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.save(rec)
+
+
+def _atomic_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def load_study_data(config: Mapping[str, Any], from_cache: str | os.PathLike[str] | None = None) -> StudyData:
+    """Study data from an exported cache file, or built from the data files (needs pymatgen).
+
+    A cache whose data settings differ from ``config["data"]`` in anything that changes the data
+    (cutoff, sources, split, limit, symmetry check ...) is refused with a ``ValueError`` naming
+    the differing keys.
+    """
+    if from_cache is None:
+        return StudyData.build(config["data"])
+    data = StudyData.load(from_cache)
+    from irreptensor_ml.data.datamodule import DataConfig
+
+    wanted = DataConfig.from_dict(
+        {**config["data"], "properties": list(PROPERTIES), "train_fraction": 1.0}
+    ).to_dict()
+    have = dict(data.data_config)
+    diff = sorted(
+        k for k in set(wanted) | set(have)
+        if k not in _DATA_EXECUTION_KEYS and k != "properties" and wanted.get(k) != have.get(k)
+    )
+    if diff:
+        raise ValueError(
+            f"cache {str(from_cache)!r} was built with other data settings: "
+            + ", ".join(f"{k}={have.get(k)!r} (config: {wanted.get(k)!r})" for k in diff)
+        )
+    return data
+
+
+def data_file(results_dir: Path, data: StudyData, from_cache: str | os.PathLike[str] | None) -> Path:
+    """Path of a weights-only data file for worker processes (writes one if needed)."""
+    if from_cache is not None:
+        return Path(from_cache)
+    path = results_dir / "data" / f"{data.fingerprint[:16]}.pt"
+    if not path.is_file():
+        data.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of work: a run, and whether it is final (then evaluated once on the test set)."""
+
+    spec: RunSpec
+    final: bool
+    phase: str
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    def label(self) -> str:
+        s = self.spec
+        name = "pretrain" if s.kind == "pretrain" else s.strategy
+        return f"{name:9s} {s.target:13s} f={s.fraction:<5g} seed={s.seed} cand={s.candidate}"
+
+
+def base_train_config(config: Mapping[str, Any], data: StudyData) -> dict[str, Any]:
+    """Training config shared by all runs: ``configs/default.yaml`` <- ``config["train"]``, with
+    the data section of the study data (batch size and dtype from ``config["data"]``)."""
+    user = copy.deepcopy(dict(config["train"]))
+    data_cfg = dict(data.data_config)
+    for key in ("batch_size", "dtype"):
+        if key in config["data"]:
+            data_cfg[key] = config["data"][key]
+    data_cfg["properties"] = list(PROPERTIES)
+    user["data"] = data_cfg
+    return load_config(user)
+
+
+def _apply(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int) -> tuple[dict[str, Any], float]:
+    out = copy.deepcopy(dict(cfg))
+    scale = 1.0
+    for key, value in flatten_overrides(overrides).items():
+        if key == "trunk_lr_scale":
+            scale = float(value)
+        else:
+            set_dotted(out, key, value)
+    out["seed"] = int(seed)
+    validate_config(out)
+    return out, scale
+
+
+def pretrain_seed(config: Mapping[str, Any], seed: int) -> int:
+    """Seed of the pretraining run used by study seed ``seed``: ``pretrain.seeds[seed % n]``."""
+    seeds = list(config["pretrain"]["seeds"])
+    return int(seeds[int(seed) % len(seeds)])
+
+
+def plan_pretrain(config: Mapping[str, Any], data: StudyData) -> dict[int, RunSpec]:
+    """``{pretrain seed: RunSpec}`` of the pretraining runs."""
+    base = base_train_config(config, data)
+    out = {}
+    for s in config["pretrain"]["seeds"]:
+        cfg, _ = _apply(base, config["pretrain"]["overrides"] or {}, s)
+        out[int(s)] = RunSpec(
+            "pretrain", "scratch", config["pretrain"]["property"], 1.0, int(s), cfg,
+            data_fingerprint=data.fingerprint,
+        )
+    return out
+
+
+def candidates(config: Mapping[str, Any], strategy: str) -> list[dict[str, Any]]:
+    """Tuning candidates of ``strategy`` (each merged over ``strategy_settings``); ``[{}]``-like
+    single candidate when the study does no tuning."""
+    fixed = dict((config["strategy_settings"] or {}).get(strategy) or {})
+    cands = (config["tuning"]["candidates"] or {}).get(strategy) or [{}]
+    return [{**fixed, **dict(c)} for c in cands]
+
+
+def make_spec(
+    config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec], strategy: str,
+    target: str, fraction: float, seed: int, candidate: int,
+) -> RunSpec:
+    """The RunSpec of one transfer run with tuning candidate number ``candidate``."""
+    strat = get_strategy(strategy)
+    over = candidates(config, strategy)[candidate]
+    cfg, scale = _apply(base_train_config(config, data), over, seed)
+    pre_id = pretrain[pretrain_seed(config, seed)].run_id if strat.pretrained_trunk else None
+    return RunSpec(
+        "transfer", strategy, target, float(fraction), int(seed), cfg, trunk_lr_scale=scale,
+        pretrain_id=pre_id, data_fingerprint=data.fingerprint, candidate=int(candidate),
+    )
+
+
+def tuning_needed(config: Mapping[str, Any]) -> bool:
+    """True if some strategy has more than one candidate."""
+    return any(len(candidates(config, s)) > 1 for s in config["strategies"])
+
+
+def plan_trials(config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec]) -> list[RunSpec]:
+    """Tuning runs: each candidate x strategy x target at ``tuning.fraction`` x ``tuning.seeds``."""
+    t = config["tuning"]
+    return [
+        make_spec(config, data, pretrain, strat, target, float(t["fraction"]), int(seed), k)
+        for target in config["targets"]
+        for strat in config["strategies"]
+        for k in range(len(candidates(config, strat)))
+        for seed in t["seeds"]
+    ]
+
+
+def selection_from_records(
+    config: Mapping[str, Any], trials: Sequence[RunSpec], store: RunStore
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Chosen candidate per (target, strategy): lowest mean validation Frobenius MAE.
+
+    Returns ``{target: {strategy: {"chosen": k, "val_frobenius_mae": [mean per candidate],
+    "overrides": [...]}}}``. Without tuning every choice is candidate 0.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for target in config["targets"]:
+        out[target] = {}
+        for strat in config["strategies"]:
+            cands = candidates(config, strat)
+            scores: list[float | None] = []
+            for k in range(len(cands)):
+                vals = []
+                for spec in trials:
+                    if spec.target == target and spec.strategy == strat and spec.candidate == k:
+                        rec = store.load(spec.run_id)
+                        if rec is None:
+                            raise ValueError(f"tuning run {spec.run_id} has not finished")
+                        v = rec["val"].get("frobenius_mae")
+                        vals.append(float("inf") if v is None else float(v))
+                scores.append(sum(vals) / len(vals) if vals else None)
+            valid = [(s, k) for k, s in enumerate(scores) if s is not None]
+            chosen = min(valid)[1] if valid else 0
+            out[target][strat] = {"chosen": chosen, "val_frobenius_mae": scores, "overrides": cands}
+    return out
+
+
+def plan_runs(
+    config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec],
+    selection: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> list[RunSpec]:
+    """Final runs: strategy x target x fraction x seed with the selected candidates."""
+    out = []
+    for target in config["targets"]:
+        for strat in config["strategies"]:
+            k = int(selection[target][strat]["chosen"]) if selection else 0
+            for f in config["fractions"]:
+                for seed in config["seeds"]:
+                    out.append(make_spec(config, data, pretrain, strat, target, float(f), int(seed), k))
+    return out
+
+
+# ------------------------------------------------------------------------------------ execution
+
+_WORKER_DATA: StudyData | None = None
+
+
+def _quiet() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+def _worker_init(data_path: str) -> None:
+    global _WORKER_DATA
+    _quiet()
+    _WORKER_DATA = StudyData.load(data_path)
+
+
+def needs(task: Task, store: RunStore) -> str | None:
+    """``"train"`` (train, and test if final), ``"test"`` (test only) or ``None`` (done)."""
+    rec = store.load(task.run_id)
+    if rec is None:
+        return "train"
+    if task.final and "test" not in rec:
+        return "test" if store.model_path(task.run_id).is_file() else "train"
+    return None
+
+
+def _do_task(
+    spec_dict: Mapping[str, Any], final: bool, work: str, results_dir: str, min_train_steps: int,
+    eval_batch_size: int, data: StudyData | None = None,
+) -> dict[str, Any]:
+    """Execute one task (in a worker or in-process); writes the store files; returns a summary."""
+    from irreptensor_ml.transfer.runner import evaluate_test, execute_run
+
+    _quiet()
+    data = data if data is not None else _WORKER_DATA
+    if data is None:
+        raise RuntimeError("worker has no study data (initializer not run)")
+    spec = RunSpec.from_dict(spec_dict)
+    store = RunStore(results_dir)
+    if work == "train":
+        pre = store.model_path(spec.pretrain_id) if spec.pretrain_id else None
+        record = execute_run(
+            spec, data, store.model_path(spec.run_id), pretrained_model=pre,
+            min_train_steps=min_train_steps, eval_batch_size=eval_batch_size,
+        )
+        store.save(record)
+    if final:
+        metrics, preds = evaluate_test(spec, data, store.model_path(spec.run_id), eval_batch_size=eval_batch_size)
+        store.save_test(spec.run_id, metrics, preds)
+    rec = store.load(spec.run_id) or {}
+    return {
+        "run_id": spec.run_id,
+        "val_frobenius_mae": (rec.get("val") or {}).get("frobenius_mae"),
+        "test_frobenius_mae": (rec.get("test") or {}).get("frobenius_mae"),
+        "wall_time_s": rec.get("wall_time_s"),
+        "epochs": (rec.get("train") or {}).get("epochs_run"),
+    }
+
+
+def execute_tasks(
+    tasks: Sequence[Task],
+    data: StudyData,
+    store: RunStore,
+    *,
+    workers: int = 1,
+    data_path: Path | None = None,
+    min_train_steps: int = 0,
+    eval_batch_size: int = 64,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the tasks that still need work (dependencies first); returns counts.
+
+    Returns ``{"skipped": n, "executed": n, "failed": {run_id: error}}``. A task whose
+    pretraining run failed is not started (reported as failed).
+    """
+    unique: dict[str, Task] = {}
+    for t in tasks:  # a run listed twice (e.g. trial and final) -> final wins
+        if t.run_id not in unique or t.final:
+            unique[t.run_id] = t
+    todo = {rid: (t, needs(t, store)) for rid, t in unique.items()}
+    todo = {rid: tw for rid, tw in todo.items() if tw[1] is not None}
+    skipped = len(unique) - len(todo)
+    total = len(todo)
+    if skipped:
+        log(f"{skipped} of {len(unique)} runs already finished (stored in {store.root}); skipping them")
+    failed: dict[str, str] = {}
+    done = 0
+
+    def ready(t: Task) -> bool:
+        dep = t.spec.pretrain_id
+        return dep is None or store.load(dep) is not None
+
+    def report(t: Task, out: Mapping[str, Any]) -> None:
+        nonlocal done
+        done += 1
+        vf, tf = out.get("val_frobenius_mae"), out.get("test_frobenius_mae")
+        log(
+            f"[{done}/{total}] {t.label()}  val Frob MAE {vf if vf is None else f'{vf:.4g}'}"
+            f"  test {tf if tf is None else f'{tf:.4g}'}  ({out.get('epochs')} ep, {out.get('wall_time_s')} s)"
+        )
+
+    order = sorted(todo, key=lambda rid: (todo[rid][0].spec.kind != "pretrain", rid))
+    if workers <= 1:
+        for rid in order:
+            t, work = todo[rid]
+            dep = t.spec.pretrain_id
+            if dep and store.load(dep) is None:
+                failed[rid] = f"pretraining run {dep} did not finish"
+                continue
+            try:
+                out = _do_task(t.spec.to_dict(), t.final, work, str(store.root), min_train_steps,
+                               eval_batch_size, data)
+            except Exception as exc:  # keep going: the other runs are independent
+                logger.exception("run %s failed", rid)
+                failed[rid] = f"{type(exc).__name__}: {exc}"
+                log(f"FAILED {t.label()}: {type(exc).__name__}: {exc}")
+                continue
+            report(t, out)
+        return {"skipped": skipped, "executed": done, "failed": failed}
+
+    if data_path is None:
+        raise ValueError("execute_tasks with workers > 1 needs data_path")
+    ctx = multiprocessing.get_context("spawn")
+    pending = list(order)
+    running: dict[cf.Future, str] = {}
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                initargs=(str(data_path),)) as pool:
+        while pending or running:
+            for rid in list(pending):
+                if len(running) >= workers:
+                    break
+                t, work = todo[rid]
+                dep = t.spec.pretrain_id
+                if dep and dep in failed:
+                    failed[rid] = f"pretraining run {dep} failed"
+                    pending.remove(rid)
+                    continue
+                if not ready(t):
+                    continue
+                fut = pool.submit(_do_task, t.spec.to_dict(), t.final, work, str(store.root),
+                                  min_train_steps, eval_batch_size)
+                running[fut] = rid
+                pending.remove(rid)
+            if not running:
+                for rid in pending:  # nothing runnable: dependencies missing
+                    failed[rid] = f"pretraining run {todo[rid][0].spec.pretrain_id} is missing"
+                break
+            finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                rid = running.pop(fut)
+                t = todo[rid][0]
+                try:
+                    report(t, fut.result())
+                except Exception as exc:
+                    failed[rid] = f"{type(exc).__name__}: {exc}"
+                    log(f"FAILED {t.label()}: {type(exc).__name__}: {exc}")
+    return {"skipped": skipped, "executed": done, "failed": failed}
+
+
+# ------------------------------------------------------------------------------------ study
+
+
+def run_study(
+    config: Mapping[str, Any],
+    *,
+    from_cache: str | os.PathLike[str] | None = None,
+    results_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    report: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its report; returns the summary dict.
+
+    Args:
+        config: validated study config (:func:`~irreptensor_ml.transfer.presets.load_study_config`).
+        from_cache: exported study-data file (no pymatgen needed); default: build from the data.
+        results_dir: overrides ``config["results_dir"]``.
+        workers: overrides ``config["workers"]``.
+        dry_run: only print the plan (how many runs are stored / to do) and return it.
+        report_only: train nothing; summarize the stored runs (:class:`StudyError` if any
+            planned run is missing).
+        report: write ``summary.json``, ``results.md`` and plots at the end.
+
+    Raises :class:`StudyError` (after storing everything that finished) if runs failed.
+    """
+    started = time.time()
+    cfg = copy.deepcopy(dict(config))
+    root = Path(results_dir or cfg["results_dir"])
+    cfg["results_dir"] = str(root)
+    workers = int(workers or cfg["workers"])
+    cfg["workers"] = workers
+    store = RunStore(root)
+    data = load_study_data(cfg, from_cache)
+    data.check_union_split()
+    pretrain = plan_pretrain(cfg, data)
+    pre_tasks = [Task(s, True, "pretrain") for s in pretrain.values()]
+    trials = plan_trials(cfg, data, pretrain) if tuning_needed(cfg) else []
+    trial_tasks = [Task(s, False, "tuning") for s in trials]
+
+    if dry_run:
+        finals = plan_runs(cfg, data, pretrain) if not trials else []
+        tasks = pre_tasks + trial_tasks + [Task(s, True, "final") for s in finals]
+        todo = [t for t in tasks if needs(t, store)]
+        plan = {
+            "results_dir": str(root), "data_fingerprint": data.fingerprint, "counts": data.counts(),
+            "pretrain_runs": len(pre_tasks), "tuning_runs": len(trial_tasks),
+            "final_runs": len(finals) if not trials else "after tuning "
+            f"({len(cfg['strategies']) * len(cfg['targets']) * len(cfg['fractions']) * len(cfg['seeds'])})",
+            "to_do_now": len(todo), "stored": len(tasks) - len(todo),
+        }
+        log(json.dumps(plan, indent=1))
+        return plan
+
+    root.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (root / "study_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    data_path = data_file(root, data, from_cache) if workers > 1 and not report_only else None
+    counts = data.counts()
+    log(f"study {cfg['name']!r}: data {data.fingerprint[:12]} {counts}; results in {root}; workers={workers}")
+    failures: dict[str, str] = {}
+    common = dict(workers=workers, data_path=data_path, min_train_steps=int(cfg["min_train_steps"]),
+                  eval_batch_size=int(cfg["eval_batch_size"]), log=log)
+    selection = None
+
+    def execute(tasks: list[Task]) -> None:
+        if report_only:
+            missing = {t.run_id: "not stored" for t in tasks if needs(t, store)}
+            if missing:
+                raise StudyError(_failure_text(missing))
+            return
+        res = execute_tasks(tasks, data, store, **common)
+        failures.update(res["failed"])
+        if failures:
+            raise StudyError(_failure_text(failures))
+
+    if trials:
+        log(f"phase 1: {len(pre_tasks)} pretraining + {len(trial_tasks)} tuning runs")
+        execute(pre_tasks + trial_tasks)
+        selection = selection_from_records(cfg, trials, store)
+    finals = plan_runs(cfg, data, pretrain, selection)
+    final_tasks = [Task(s, True, "final") for s in finals]
+    log(f"final phase: {len(pre_tasks)} pretraining + {len(final_tasks)} final runs")
+    execute(pre_tasks + final_tasks)
+    if selection is None:
+        selection = selection_from_records(cfg, [], store)
+    from irreptensor_ml.transfer.report import summarize, write_report
+
+    summary = summarize(cfg, data, store, list(pretrain.values()), finals, selection,
+                        session_elapsed_s=time.time() - started)
+    if report:
+        files = write_report(summary, root, store)
+        log(f"report written: {', '.join(str(f) for f in files)}")
+    return summary
+
+
+def _failure_text(failures: Mapping[str, str]) -> str:
+    lines = [f"{len(failures)} run(s) failed (finished runs are stored; rerun to retry):"]
+    lines += [f"  {rid}: {err}" for rid, err in sorted(failures.items())]
+    return "\n".join(lines)

@@ -1,0 +1,369 @@
+"""All data of a transfer study in one object, exportable to one weights-only file.
+
+:class:`StudyData` holds every sample of every property of the union split -- periodic graphs,
+irrep-basis targets in physical units, the material key and split side of each sample and the
+record uids merged into it -- built once by :class:`~irreptensor_ml.data.TensorDataModule`
+(with ``train_fraction = 1``). The runs of a study then select their samples from it:
+
+* :meth:`StudyData.indices` -- the samples of one split side that have a given property;
+* :meth:`StudyData.train_subset` -- a deterministic, *nested* subsample of a property's training
+  materials (learning curves), drawn per seed;
+* :meth:`StudyData.dataset` -- a :class:`~irreptensor_ml.data.GraphTargetDataset` with only the
+  requested targets.
+
+Because the split sides come from the data module's union split (one split over the materials
+of ALL data files, see :mod:`irreptensor_ml.data.splits`), a material in the test set of any
+property is in no property's training or validation set -- including the elastic pretraining
+set. :meth:`StudyData.check_union_split` verifies this on the loaded data.
+
+:meth:`StudyData.save` writes everything into one ``torch.save`` file of plain tensors, strings,
+numbers, lists and dicts, so :meth:`StudyData.load` reads it with ``torch.load(weights_only=True)``
+and needs neither pymatgen nor the original data files (``irreptensor-ml transfer
+--export-cache FILE`` on a machine with pymatgen, ``--from-cache FILE`` anywhere else).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+
+install_pymatgen_stub_if_missing()
+
+from irreptensor_ml.data.batch import collate  # noqa: E402
+from irreptensor_ml.data.cache import hash_parts  # noqa: E402
+from irreptensor_ml.data.datamodule import GraphTargetDataset  # noqa: E402
+from irreptensor_ml.data.graphs import CrystalGraph  # noqa: E402
+
+__all__ = ["CACHE_FORMAT", "PROPERTIES", "StudyData", "subsample_keys"]
+
+#: ``format`` entry of an exported cache file.
+CACHE_FORMAT = "irreptensor_ml.transfer.studydata"
+CACHE_FORMAT_VERSION = 1
+#: properties a study data object always holds (the pretraining and the target properties).
+PROPERTIES: tuple[str, ...] = ("elastic", "dielectric", "piezoelectric")
+SIDES: tuple[str, ...] = ("train", "val", "test")
+#: data-config entries that do not change the data (left out of the fingerprint).
+_NOT_CONTENT = ("cache_dir", "num_workers", "progress", "batch_size", "dtype")
+
+
+def subsample_keys(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
+    """Deterministic subset of ``round(fraction * n)`` (at least 1) of the distinct ``keys``.
+
+    Keys are ranked by ``sha256("subsample", seed, key)`` -- the rule of
+    :func:`irreptensor_ml.data.splits.subsample_keys` -- so the subsets of growing fractions are
+    nested for a fixed seed and independent of the input order.
+    """
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ordered = sorted(set(keys), key=lambda k: hash_parts("subsample", str(int(seed)), k))
+    if not ordered:
+        return set()
+    return set(ordered[: max(1, round(float(fraction) * len(ordered)))])
+
+
+def _pack_graphs(graphs: Sequence[CrystalGraph]) -> dict[str, torch.Tensor]:
+    return {
+        "num_nodes": torch.tensor([g.num_nodes for g in graphs], dtype=torch.long),
+        "num_edges": torch.tensor([g.num_edges for g in graphs], dtype=torch.long),
+        "species": torch.cat([g.species for g in graphs]),
+        "pos": torch.cat([g.pos for g in graphs]),
+        "lattice": torch.stack([g.lattice for g in graphs]),
+        "edge_index": torch.cat([g.edge_index for g in graphs], dim=1),
+        "edge_shift": torch.cat([g.edge_shift for g in graphs]),
+    }
+
+
+def _unpack_graphs(data: Mapping[str, torch.Tensor], ids: Sequence[str]) -> list[CrystalGraph]:
+    nn, ne = data["num_nodes"].tolist(), data["num_edges"].tolist()
+    species, pos = data["species"].split(nn), data["pos"].split(nn)
+    edge_index, edge_shift = data["edge_index"].split(ne, dim=1), data["edge_shift"].split(ne)
+    return [
+        CrystalGraph(species[k], pos[k], data["lattice"][k], edge_index[k], edge_shift[k], ids[k])
+        for k in range(len(nn))
+    ]
+
+
+@dataclasses.dataclass
+class StudyData:
+    """Every sample of the union split, with targets of all properties measured on it.
+
+    Attributes:
+        graphs: one :class:`CrystalGraph` per sample.
+        targets: per sample ``{property: Tensor(dim,) float64}`` (physical irrep units) for the
+            properties measured on that exact structure.
+        material_keys: material key per sample (the union split's grouping).
+        sides: ``"train"``, ``"val"`` or ``"test"`` per sample.
+        record_uids: per sample the record uids (``"<file>:<material_id>"``) merged into it.
+        irreps: ``{property: irreps string}``.
+        data_config: the data settings that built it (``DataConfig.to_dict()``).
+        provenance: data-file hashes, data summary, creation time.
+    """
+
+    graphs: list[CrystalGraph]
+    targets: list[dict[str, torch.Tensor]]
+    material_keys: list[str]
+    sides: list[str]
+    record_uids: list[list[str]]
+    irreps: dict[str, str]
+    data_config: dict[str, Any]
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.graphs)
+        for name in ("targets", "material_keys", "sides", "record_uids"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"StudyData: {name} has {len(getattr(self, name))} entries for {n} graphs")
+        bad = sorted(set(self.sides) - set(SIDES))
+        if bad:
+            raise ValueError(f"StudyData: unknown split side(s) {bad}; expected {SIDES}")
+        for k, t in enumerate(self.targets):
+            unknown = sorted(set(t) - set(self.irreps))
+            if unknown:
+                raise ValueError(f"StudyData: sample {k} has target(s) {unknown} without irreps")
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_datamodule(cls, dm: Any) -> "StudyData":
+        """Collect the (set up) data module's train/val/test samples.
+
+        Raises ``ValueError`` if the module was built with ``train_fraction < 1`` (the study
+        subsamples itself) or lacks one of :data:`PROPERTIES`.
+        """
+        cfg = dm.config
+        if float(cfg.train_fraction) != 1.0:
+            raise ValueError(
+                f"StudyData needs the full training split (train_fraction=1), got {cfg.train_fraction}"
+            )
+        missing = sorted(set(PROPERTIES) - set(cfg.properties))
+        if missing:
+            raise ValueError(f"StudyData needs properties {list(PROPERTIES)}; data config lacks {missing}")
+        graphs, targets, keys, sides, uids = [], [], [], [], []
+        for side in SIDES:
+            ds = getattr(dm, f"{side}_dataset")
+            if ds is None:
+                raise ValueError("data module is not set up; call setup() first")
+            for (graph, tgt), key, rec in zip(ds.samples, ds.material_keys, ds.record_uids):
+                graphs.append(graph)
+                targets.append({p: torch.as_tensor(v, dtype=torch.float64) for p, v in tgt.items()})
+                keys.append(str(key))
+                sides.append(side)
+                uids.append([str(u) for u in rec])
+        provenance = {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "data_hashes": dm.data_hashes(),
+            "summary": json.loads(json.dumps(dm.summary(), default=str)),
+        }
+        return cls(graphs, targets, keys, sides, uids, dict(dm.irreps), cfg.to_dict(), provenance)
+
+    @classmethod
+    def build(cls, data_config: Mapping[str, Any]) -> "StudyData":
+        """Build from data settings (needs pymatgen); properties are set to :data:`PROPERTIES`
+        and ``train_fraction`` to 1."""
+        from irreptensor_ml.transfer._compat import pymatgen_is_stub
+
+        if pymatgen_is_stub():
+            raise ImportError(
+                "building the study data needs pymatgen; on this machine use --from-cache FILE "
+                "(written by --export-cache on a machine with pymatgen)"
+            )
+        from irreptensor_ml.data.datamodule import TensorDataModule
+
+        cfg = dict(data_config)
+        cfg["properties"] = list(PROPERTIES)
+        cfg["train_fraction"] = 1.0
+        dm = TensorDataModule(cfg)
+        dm.setup("fit")
+        return cls.from_datamodule(dm)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write one weights-only ``torch.save`` file (atomically); returns its path."""
+        props = list(self.irreps)
+        n = len(self)
+        target_tensors, masks = {}, {}
+        for p in props:
+            t = torch.zeros(n, _dim(self.irreps[p]), dtype=torch.float64)
+            m = torch.zeros(n, dtype=torch.bool)
+            for k, tgt in enumerate(self.targets):
+                if p in tgt:
+                    t[k] = tgt[p]
+                    m[k] = True
+            target_tensors[p], masks[p] = t, m
+        payload = {
+            "format": CACHE_FORMAT,
+            "format_version": CACHE_FORMAT_VERSION,
+            "graphs": _pack_graphs(self.graphs),
+            "graph_ids": [g.material_id for g in self.graphs],
+            "targets": target_tensors,
+            "masks": masks,
+            "material_keys": list(self.material_keys),
+            "sides": list(self.sides),
+            "record_uids": [list(u) for u in self.record_uids],
+            "irreps": dict(self.irreps),
+            "data_config": json.loads(json.dumps(self.data_config)),
+            "provenance": json.loads(json.dumps(self.provenance, default=str)),
+            "fingerprint": self.fingerprint,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "StudyData":
+        """Read a file written by :meth:`save` with ``torch.load(weights_only=True)``.
+
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file of another
+        format or one whose content does not match its stored fingerprint.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"study data cache not found: {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{str(path)!r} is not a transfer-study data cache ({CACHE_FORMAT})")
+        if int(payload.get("format_version", 0)) > CACHE_FORMAT_VERSION:
+            raise ValueError(f"{str(path)!r} has a newer cache format than this code supports")
+        graphs = _unpack_graphs(payload["graphs"], payload["graph_ids"])
+        targets = [
+            {p: payload["targets"][p][k].clone() for p in payload["irreps"] if bool(payload["masks"][p][k])}
+            for k in range(len(graphs))
+        ]
+        data = cls(
+            graphs, targets, list(payload["material_keys"]), list(payload["sides"]),
+            [list(u) for u in payload["record_uids"]], dict(payload["irreps"]),
+            dict(payload["data_config"]), dict(payload.get("provenance") or {}),
+        )
+        if payload.get("fingerprint") and payload["fingerprint"] != data.fingerprint:
+            raise ValueError(f"{str(path)!r} is corrupt: content does not match its fingerprint")
+        return data
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the content: data settings, sides, keys, uids, graphs and targets.
+
+        The same data give the same fingerprint on every machine; it is part of every run id.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            cfg = {k: v for k, v in self.data_config.items() if k not in _NOT_CONTENT}
+            h.update(json.dumps(cfg, sort_keys=True).encode())
+            h.update(json.dumps(self.irreps, sort_keys=True).encode())
+            for g, t, key, side, uids in zip(
+                self.graphs, self.targets, self.material_keys, self.sides, self.record_uids
+            ):
+                h.update(json.dumps([key, side, uids, sorted(t)]).encode())
+                for x in (g.species, g.pos, g.lattice, g.edge_index, g.edge_shift, *[t[p] for p in sorted(t)]):
+                    h.update(x.contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ selection
+    def _check_property(self, prop: str) -> None:
+        if prop not in self.irreps:
+            raise ValueError(f"unknown property {prop!r}; this study data has {sorted(self.irreps)}")
+
+    def indices(self, side: str, prop: str | None = None) -> list[int]:
+        """Indices of the samples on ``side`` that have a target for ``prop`` (any, if ``None``)."""
+        if side not in SIDES:
+            raise ValueError(f"unknown split side {side!r}; expected one of {SIDES}")
+        if prop is not None:
+            self._check_property(prop)
+        return [
+            k for k, (s, t) in enumerate(zip(self.sides, self.targets))
+            if s == side and (prop is None or prop in t)
+        ]
+
+    def train_subset(self, prop: str, fraction: float, seed: int) -> list[int]:
+        """Training samples of ``prop`` whose material is in the kept ``fraction`` of its
+        training materials (see :func:`subsample_keys`; nested in ``fraction`` for one seed)."""
+        idx = self.indices("train", prop)
+        kept = subsample_keys([self.material_keys[k] for k in idx], fraction, seed)
+        return [k for k in idx if self.material_keys[k] in kept]
+
+    def sample_id(self, index: int, prop: str) -> str:
+        """Unique id of a sample for one property: the uid of its ``prop`` record."""
+        uids = self.record_uids[index]
+        for u in uids:
+            if u.split(":", 1)[0].startswith(prop + "_"):
+                return u
+        return "+".join(uids) or self.graphs[index].material_id
+
+    def dataset(
+        self,
+        indices: Sequence[int],
+        properties: Sequence[str],
+        *,
+        drop: Mapping[str, set[int]] | None = None,
+        id_property: str | None = None,
+    ) -> GraphTargetDataset:
+        """Samples ``indices`` with targets restricted to ``properties``.
+
+        Args:
+            indices: sample indices (e.g. from :meth:`indices`).
+            properties: targets kept; samples left without any target are dropped.
+            drop: ``{property: set of indices}`` whose target of that property is removed (a
+                multitask run's subsampled target).
+            id_property: label each graph with :meth:`sample_id` for this property (the
+                evaluation keys per-material predictions on it).
+        """
+        for p in properties:
+            self._check_property(p)
+        drop = drop or {}
+        samples, keys, uids = [], [], []
+        for k in indices:
+            t = {p: v for p, v in self.targets[k].items() if p in properties and k not in drop.get(p, ())}
+            if not t:
+                continue
+            g = self.graphs[k]
+            if id_property is not None:
+                g = dataclasses.replace(g, material_id=self.sample_id(k, id_property))
+            samples.append((g, t))
+            keys.append(self.material_keys[k])
+            uids.append(list(self.record_uids[k]))
+        return GraphTargetDataset(samples, keys, uids)
+
+    def check_union_split(self) -> None:
+        """Raise ``ValueError`` if a material key occurs on two split sides (a leak)."""
+        side_of: dict[str, str] = {}
+        for key, side in zip(self.material_keys, self.sides):
+            if side_of.setdefault(key, side) != side:
+                raise ValueError(
+                    f"material {key!r} is on both the {side_of[key]!r} and the {side!r} side"
+                )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{property: {side: number of samples}}``."""
+        return {p: {s: len(self.indices(s, p)) for s in SIDES} for p in self.irreps}
+
+    def collate_fn(self, properties: Sequence[str], dtype: torch.dtype = torch.float32) -> Any:
+        """A picklable collate function for ``properties`` casting floats to ``dtype``."""
+        dims = {p: _dim(self.irreps[p]) for p in properties}
+        return functools.partial(_collate_cast, dims=dims, dtype=dtype)
+
+
+def _dim(irreps: str) -> int:
+    from e3nn import o3
+
+    return int(o3.Irreps(irreps).dim)
+
+
+def _collate_cast(samples: Sequence[Any], dims: Mapping[str, int], dtype: torch.dtype) -> Any:
+    """Module-level (picklable) :func:`collate` + float cast."""
+    return collate(samples, dims).to(dtype=dtype)
