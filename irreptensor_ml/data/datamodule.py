@@ -29,14 +29,13 @@ import dataclasses
 import functools
 import logging
 from collections import defaultdict
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import irreptensor as it
 import lightning
 import numpy as np
 import torch
 from e3nn import o3
-from pymatgen.core import Structure
 from torch.utils.data import DataLoader, Dataset
 
 from irreptensor_ml.data.batch import Batch, collate
@@ -51,6 +50,9 @@ from irreptensor_ml.data.records import (
     load_records,
 )
 from irreptensor_ml.data.splits import SIDES, check_fractions, side_of, subsample_keys, universe_material_keys
+
+if TYPE_CHECKING:  # structures are needed only to build graphs, not to use cached ones
+    from pymatgen.core import Structure
 
 logger = logging.getLogger(__name__)
 

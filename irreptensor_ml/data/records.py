@@ -29,6 +29,8 @@ switched off with ``check_symmetry=False``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import gzip
 import importlib.resources
@@ -41,8 +43,6 @@ from typing import Any, Iterable, Sequence
 
 import irreptensor as it
 import numpy as np
-from pymatgen.core import Structure
-from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from irreptensor_ml.data.cache import (
     CACHE_VERSION,
@@ -68,6 +68,15 @@ SOURCE_PATTERNS: dict[str, tuple[str, ...]] = {
 
 _REQUIRED_KEYS = ("material_id", "structure", "tensor")
 _INDEX_SYMMETRY_RTOL = 1e-6
+
+if TYPE_CHECKING:  # pymatgen is imported where structures are read, so cached data loads without it
+    from pymatgen.core import Structure
+
+
+def _structure_from_dict(d: dict) -> "Structure":
+    from pymatgen.core import Structure
+
+    return Structure.from_dict(d)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -223,6 +232,8 @@ def symmetry_residual(
     norm = float(np.linalg.norm(t))
     if norm == 0.0:
         return 0.0
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
     ops = SpacegroupAnalyzer(structure, symprec=symprec).get_point_group_operations(cartesian=True)
     worst = 0.0
     for op in ops:
@@ -277,7 +288,7 @@ def _parse_line(
     if asym > _INDEX_SYMMETRY_RTOL:
         return bad(mid, "index_asymmetric", f"relative index asymmetry {asym:.3g}")
     try:
-        structure = Structure.from_dict(raw["structure"])
+        structure = _structure_from_dict(raw["structure"])
     except Exception as exc:  # pymatgen raises many types for malformed dicts
         return bad(mid, "structure_parse", f"{type(exc).__name__}: {exc}")
     if len(structure) == 0:

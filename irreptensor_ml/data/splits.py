@@ -28,7 +28,6 @@ import os
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
-from pymatgen.analysis.structure_matcher import StructureMatcher
 
 from irreptensor_ml.data.cache import (
     CACHE_VERSION,
@@ -115,6 +114,8 @@ def material_keys(
         formula = by_uid[uid].structure.composition.reduced_formula
         by_formula[formula][hashes[uid]].append(uid)
     candidates = [groups for groups in by_formula.values() if len(groups) > 1]
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
     matcher = StructureMatcher()
     from tqdm.auto import tqdm
 

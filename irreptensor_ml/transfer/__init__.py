@@ -15,19 +15,15 @@ Modules:
   (``irreptensor_ml/configs/transfer_{quick,full}.yaml``);
 * :mod:`.cli` -- ``irreptensor-ml transfer`` (:func:`main_transfer`).
 
-Importing this package is cheap; the heavy modules load on first attribute access. On a machine
-without pymatgen, placeholder pymatgen modules are registered (see :mod:`._compat`) so that the
-study can run from an exported cache.
+Importing this package is cheap; the heavy modules load on first attribute access. Nothing here
+imports pymatgen at module level, so a study runs from an exported cache (``--from-cache``) on a
+machine without pymatgen.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
-
-install_pymatgen_stub_if_missing()
 
 _LAZY = {
     "StudyData": "studydata",

@@ -184,9 +184,6 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
     for fixed in ("properties", "train_fraction"):
         if fixed in data:
             raise ValueError(f"data.{fixed} is set by the transfer study; remove it from the config")
-    from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
-
-    install_pymatgen_stub_if_missing()
     from irreptensor_ml.data.datamodule import DataConfig
 
     DataConfig.from_dict(data)  # raises ValueError naming a bad data key

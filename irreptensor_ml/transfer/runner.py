@@ -38,24 +38,20 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
+import lightning
+from torch.utils.data import DataLoader
 
-install_pymatgen_stub_if_missing()
-
-import lightning  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from irreptensor_ml.data.normalization import IrrepNormalizer  # noqa: E402
-from irreptensor_ml.evaluate import collect_predictions, compute_metrics  # noqa: E402
-from irreptensor_ml.metrics import frobenius_norm  # noqa: E402
-from irreptensor_ml.train.checkpoint import load_model, save_model  # noqa: E402
-from irreptensor_ml.transfer.strategies import (  # noqa: E402
+from irreptensor_ml.data.normalization import IrrepNormalizer
+from irreptensor_ml.evaluate import collect_predictions, compute_metrics
+from irreptensor_ml.metrics import frobenius_norm
+from irreptensor_ml.train.checkpoint import load_model, save_model
+from irreptensor_ml.transfer.strategies import (
     build_module,
     get_strategy,
     heads_for,
     trunk_state_from_model_state,
 )
-from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData  # noqa: E402
+from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
 
 logger = logging.getLogger(__name__)
 

@@ -33,12 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
-
-install_pymatgen_stub_if_missing()
-
-from irreptensor_ml.data.normalization import IrrepNormalizer  # noqa: E402
-from irreptensor_ml.train.module import TensorLightningModule  # noqa: E402
+from irreptensor_ml.data.normalization import IrrepNormalizer
+from irreptensor_ml.train.module import TensorLightningModule
 
 __all__ = [
     "STRATEGIES",

@@ -48,15 +48,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
-
-install_pymatgen_stub_if_missing()
-
-from irreptensor_ml.train.config import load_config, validate_config  # noqa: E402
-from irreptensor_ml.transfer.presets import flatten_overrides, set_dotted  # noqa: E402
-from irreptensor_ml.transfer.runner import RunSpec  # noqa: E402
-from irreptensor_ml.transfer.strategies import get_strategy  # noqa: E402
-from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData  # noqa: E402
+from irreptensor_ml.train.config import load_config, validate_config
+from irreptensor_ml.transfer.presets import flatten_overrides, set_dotted
+from irreptensor_ml.transfer.runner import RunSpec
+from irreptensor_ml.transfer.strategies import get_strategy
+from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
 
 logger = logging.getLogger(__name__)
 

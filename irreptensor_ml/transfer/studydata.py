@@ -35,14 +35,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from irreptensor_ml.transfer._compat import install_pymatgen_stub_if_missing
-
-install_pymatgen_stub_if_missing()
-
-from irreptensor_ml.data.batch import collate  # noqa: E402
-from irreptensor_ml.data.cache import hash_parts  # noqa: E402
-from irreptensor_ml.data.datamodule import GraphTargetDataset  # noqa: E402
-from irreptensor_ml.data.graphs import CrystalGraph  # noqa: E402
+from irreptensor_ml.data.batch import collate
+from irreptensor_ml.data.cache import hash_parts
+from irreptensor_ml.data.datamodule import GraphTargetDataset
+from irreptensor_ml.data.graphs import CrystalGraph
 
 __all__ = ["CACHE_FORMAT", "PROPERTIES", "StudyData", "subsample_keys"]
 
@@ -173,13 +169,13 @@ class StudyData:
     def build(cls, data_config: Mapping[str, Any]) -> "StudyData":
         """Build from data settings (needs pymatgen); properties are set to :data:`PROPERTIES`
         and ``train_fraction`` to 1."""
-        from irreptensor_ml.transfer._compat import pymatgen_is_stub
-
-        if pymatgen_is_stub():
+        try:
+            import pymatgen.core  # noqa: F401
+        except ImportError:
             raise ImportError(
                 "building the study data needs pymatgen; on this machine use --from-cache FILE "
                 "(written by --export-cache on a machine with pymatgen)"
-            )
+            ) from None
         from irreptensor_ml.data.datamodule import TensorDataModule
 
         cfg = dict(data_config)
