@@ -163,7 +163,9 @@ def test_nearly_symmetric_cell_uses_orthogonalized_operations() -> None:
     # operations are then not exactly orthogonal; they must be orthogonalized, not rejected
     strained = Structure(Lattice([[4.0, 0, 0], [0.008, 4.0, 0], [0, 0, 4.0]]), ["Cs", "Cl"],
                          [[0, 0, 0], [0.5, 0.5, 0.5]])
-    ops = records_mod.SpacegroupAnalyzer(strained, symprec=0.01).get_point_group_operations(cartesian=True)
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    ops = SpacegroupAnalyzer(strained, symprec=0.01).get_point_group_operations(cartesian=True)
     assert len(ops) == 48
     assert max(np.abs(op.rotation_matrix @ op.rotation_matrix.T - np.eye(3)).max() for op in ops) > 1e-4
     for op in ops:

@@ -136,7 +136,7 @@ def test_grouping_is_cached(records_by_property, tmp_path: Path, monkeypatch) ->
         def group_structures(self, *args, **kwargs):
             raise AssertionError("StructureMatcher ran despite the cache")
 
-    monkeypatch.setattr(splits_mod, "StructureMatcher", Exploding)
+    monkeypatch.setattr("pymatgen.analysis.structure_matcher.StructureMatcher", Exploding)
     assert material_keys(records_by_property, cache_dir=tmp_path, progress=False) == first
     with pytest.raises(AssertionError, match="despite the cache"):  # different content -> miss
         changed = dict(records_by_property, elastic=records_by_property["elastic"][:3])
