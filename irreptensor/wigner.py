@@ -415,7 +415,6 @@ def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk
     qmax = _qmax()
     fast = [l for l in ls if 1 <= l <= qmax]
     slow = [l for l in ls if l > qmax]
-    odd = {b.l for b in blks if b.parity == -1}
     if is_torch(R):
         P = R * det[:, None, None]
         Ds = _quaternion_D_torch(P.reshape(n, 9).T, fast, R) if fast else {}

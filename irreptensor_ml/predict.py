@@ -20,13 +20,16 @@ import importlib.resources
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 import irreptensor as it
 from irreptensor_ml.metrics import check_property
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 #: Default neighbor cutoff (Angstrom) if the training config does not name one.
 DEFAULT_CUTOFF = 5.0

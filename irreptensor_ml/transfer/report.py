@@ -198,7 +198,7 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
         f"- Seeds per point: **{len(seeds)}** {seeds}"
         + (" (ONE seed: no spread over seeds, treat differences with care)" if len(seeds) == 1 else "")
         + f"; fractions of each target's training materials: {', '.join(_fraction_label(f) for f in fractions)}.",
-        f"- Hyper-parameters: "
+        "- Hyper-parameters: "
         + ("tuned on validation with the same number of candidates per strategy "
            f"(at {_fraction_label(cfg['tuning']['fraction'])}, seeds {cfg['tuning']['seeds']})"
            if any(len(v.get("overrides", [])) > 1 for t in summary["selection"].values() for v in t.values())

@@ -10,7 +10,6 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from irreptensor_ml.data import splits as splits_mod
 from irreptensor_ml.data.records import Record
 from irreptensor_ml.data.splits import (
     material_keys,
