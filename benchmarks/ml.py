@@ -349,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{prop}: {len(samples)} structures, mean {meta['mean_atoms']:.1f} atoms, "
           f"{meta['mean_edges']:.0f} edges, batch {args.batch_size}, {args.threads} CPU thread(s)\n")
     print(markdown_table(rows))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     print(f"\nwritten {args.json}")
     return 0
