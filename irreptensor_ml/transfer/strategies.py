@@ -154,39 +154,6 @@ class TransferLightningModule(TensorLightningModule):
             raise ValueError("no trainable parameters (trunk frozen and no heads?)")
         return groups
 
-    def configure_optimizers(self) -> Any:
-        cfg = self.optim_config
-        lr = float(cfg.get("lr", 3e-3))
-        optimizer = torch.optim.AdamW(self.param_groups(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)))
-        scheduler = cfg.get("scheduler", "cosine")
-        if scheduler == "none":
-            return optimizer
-        if scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                factor=float(cfg.get("plateau_factor", 0.5)),
-                patience=int(cfg.get("plateau_patience", 10)),
-                min_lr=float(cfg.get("min_lr", 0.0)),
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": sched, "monitor": self.monitor, "interval": "epoch"},
-            }
-        if scheduler == "cosine":
-            warmup = int(cfg.get("warmup_epochs", 0))
-            total = max(1, self.max_epochs)
-            min_ratio = float(cfg.get("min_lr", 0.0)) / lr
-
-            def factor(epoch: int) -> float:
-                if epoch < warmup:
-                    return (epoch + 1) / (warmup + 1)
-                progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
-                return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        raise ValueError(f"optim.scheduler must be 'cosine', 'plateau' or 'none', got {scheduler!r}")
-
 
 def heads_for(strategy: Strategy, target: str, properties: Sequence[str]) -> list[str]:
     """Properties that get a head: all of ``properties`` for multitask, else the target only."""
