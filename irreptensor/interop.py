@@ -34,7 +34,7 @@ def is_pymatgen_tensor(obj: Any) -> bool:
 
 
 def from_pymatgen(obj: Any) -> tuple[np.ndarray, str]:
-    """A pymatgen tensor as ``(Cartesian float64 array, kind)``.
+    """A pymatgen tensor as ``(Cartesian float64 array of shape (3,)*rank, kind)``, units unchanged.
 
     The kind comes from the class (``ElasticTensor`` -> ``"elastic"``, ``ComplianceTensor`` ->
     ``"compliance"``, ``PiezoTensor`` -> ``"piezoelectric"``) or, for a plain ``Tensor``, from its rank

@@ -136,10 +136,20 @@ def from_voigt(V: Any, kind: str = "elastic", check: bool = True):
 
 
 def to_mandel(T: Any, kind: str = "elastic"):
-    """Cartesian tensor -> Mandel (Kelvin) form: each shear Voigt index carries sqrt(2); norm preserving."""
+    """Cartesian tensor -> Mandel (Kelvin) form: each shear Voigt index carries sqrt(2); norm preserving.
+
+    Shapes as for :func:`to_voigt`: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``,
+    ``(...,3,3,3,3)->(...,6,6)``; units unchanged (GPa for stiffness, 1/GPa for compliance, ...).
+    """
     return _to(T, _named(kind), float(np.sqrt(2.0)))
 
 
 def from_mandel(M: Any, kind: str = "elastic", check: bool = True):
-    """Mandel (Kelvin) form -> full Cartesian tensor (inverse of :func:`to_mandel`)."""
+    """Mandel (Kelvin) form -> full Cartesian tensor (inverse of :func:`to_mandel`).
+
+    ``(...,6)->(...,3,3)``, ``(...,3,6)->(...,3,3,3)``, ``(...,6,6)->(...,3,3,3,3)``; units unchanged.
+
+    Raises:
+        ValueError: wrong trailing shape, or (``check=True``) a 6x6 matrix that is not symmetric.
+    """
     return _from(M, _named(kind), float(np.sqrt(2.0)), check)
