@@ -174,11 +174,14 @@ def render_transfer(summary_path: Path, repo_root: Path, assets: dict[str, bytes
             from irreptensor_ml.transfer.report import markdown_report as renderer
         except ImportError:  # docs built without the ml extra
             renderer = compact_transfer_table
-    body = shift_headings(renderer(summary), 3)
+    # the report links its plots relative to its own folder: make those links valid on the site
+    body = rewrite_links(shift_headings(renderer(summary), 3), summary_path.parent, repo_root, assets)
     rel = summary_path.relative_to(repo_root).as_posix()
     parts = [f"Source: `{rel}` (created {summary.get('created', 'unknown')}).", "", body.rstrip(), ""]
     for img in sorted(summary_path.parent.glob("*.png")):
         site = f"{ASSET_DIR}/{img.relative_to(repo_root).as_posix()}"
+        if f"({site})" in body:
+            continue  # already shown by the report
         assets[site] = img.read_bytes()
         parts += [f"![{img.stem}]({site})", ""]
     return "\n".join(parts)
