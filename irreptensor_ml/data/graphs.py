@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -106,12 +106,9 @@ def structure_to_graph(structure: Structure, cutoff: float = 5.0) -> CrystalGrap
     )
 
 
-def _pack(graphs: Sequence[CrystalGraph], keys: list[str], cutoff: float) -> dict:
-    """Concatenate graphs into plain tensors (weights_only-loadable)."""
+def pack_graphs(graphs: Sequence[CrystalGraph]) -> dict[str, torch.Tensor]:
+    """Concatenate graphs into a few plain tensors (loadable with ``torch.load(weights_only=True)``)."""
     return {
-        "version": CACHE_VERSION,
-        "cutoff": float(cutoff),
-        "keys": keys,
         "num_nodes": torch.tensor([g.num_nodes for g in graphs], dtype=torch.long),
         "num_edges": torch.tensor([g.num_edges for g in graphs], dtype=torch.long),
         "species": torch.cat([g.species for g in graphs]),
@@ -122,14 +119,25 @@ def _pack(graphs: Sequence[CrystalGraph], keys: list[str], cutoff: float) -> dic
     }
 
 
-def _unpack(data: dict) -> list[CrystalGraph]:
+def unpack_graphs(data: Mapping[str, torch.Tensor], ids: Sequence[str] | None = None) -> list[CrystalGraph]:
+    """Inverse of :func:`pack_graphs`; ``ids`` sets each graph's ``material_id``."""
     nn, ne = data["num_nodes"].tolist(), data["num_edges"].tolist()
     species, pos = data["species"].split(nn), data["pos"].split(nn)
     edge_index, edge_shift = data["edge_index"].split(ne, dim=1), data["edge_shift"].split(ne)
+    ids = [""] * len(nn) if ids is None else list(ids)
     return [
-        CrystalGraph(species[k], pos[k], data["lattice"][k], edge_index[k], edge_shift[k])
+        CrystalGraph(species[k], pos[k], data["lattice"][k], edge_index[k], edge_shift[k], ids[k])
         for k in range(len(nn))
     ]
+
+
+def _pack(graphs: Sequence[CrystalGraph], keys: list[str], cutoff: float) -> dict:
+    """The on-disk cache: packed graphs plus the cache keys and settings."""
+    return {"version": CACHE_VERSION, "cutoff": float(cutoff), "keys": keys, **pack_graphs(graphs)}
+
+
+def _unpack(data: dict) -> list[CrystalGraph]:
+    return unpack_graphs(data)
 
 
 def graph_cache_path(

@@ -38,7 +38,7 @@ import torch
 from irreptensor_ml.data.batch import collate
 from irreptensor_ml.data.cache import hash_parts
 from irreptensor_ml.data.datamodule import GraphTargetDataset
-from irreptensor_ml.data.graphs import CrystalGraph
+from irreptensor_ml.data.graphs import CrystalGraph, pack_graphs, unpack_graphs
 
 __all__ = ["CACHE_FORMAT", "PROPERTIES", "StudyData", "subsample_keys"]
 
@@ -65,28 +65,6 @@ def subsample_keys(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
     if not ordered:
         return set()
     return set(ordered[: max(1, round(float(fraction) * len(ordered)))])
-
-
-def _pack_graphs(graphs: Sequence[CrystalGraph]) -> dict[str, torch.Tensor]:
-    return {
-        "num_nodes": torch.tensor([g.num_nodes for g in graphs], dtype=torch.long),
-        "num_edges": torch.tensor([g.num_edges for g in graphs], dtype=torch.long),
-        "species": torch.cat([g.species for g in graphs]),
-        "pos": torch.cat([g.pos for g in graphs]),
-        "lattice": torch.stack([g.lattice for g in graphs]),
-        "edge_index": torch.cat([g.edge_index for g in graphs], dim=1),
-        "edge_shift": torch.cat([g.edge_shift for g in graphs]),
-    }
-
-
-def _unpack_graphs(data: Mapping[str, torch.Tensor], ids: Sequence[str]) -> list[CrystalGraph]:
-    nn, ne = data["num_nodes"].tolist(), data["num_edges"].tolist()
-    species, pos = data["species"].split(nn), data["pos"].split(nn)
-    edge_index, edge_shift = data["edge_index"].split(ne, dim=1), data["edge_shift"].split(ne)
-    return [
-        CrystalGraph(species[k], pos[k], data["lattice"][k], edge_index[k], edge_shift[k], ids[k])
-        for k in range(len(nn))
-    ]
 
 
 @dataclasses.dataclass
@@ -202,7 +180,7 @@ class StudyData:
         payload = {
             "format": CACHE_FORMAT,
             "format_version": CACHE_FORMAT_VERSION,
-            "graphs": _pack_graphs(self.graphs),
+            "graphs": pack_graphs(self.graphs),
             "graph_ids": [g.material_id for g in self.graphs],
             "targets": target_tensors,
             "masks": masks,
@@ -236,7 +214,7 @@ class StudyData:
             raise ValueError(f"{str(path)!r} is not a transfer-study data cache ({CACHE_FORMAT})")
         if int(payload.get("format_version", 0)) > CACHE_FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has a newer cache format than this code supports")
-        graphs = _unpack_graphs(payload["graphs"], payload["graph_ids"])
+        graphs = unpack_graphs(payload["graphs"], payload["graph_ids"])
         targets = [
             {p: payload["targets"][p][k].clone() for p in payload["irreps"] if bool(payload["masks"][p][k])}
             for k in range(len(graphs))
