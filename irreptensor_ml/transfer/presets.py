@@ -85,16 +85,6 @@ def preset_path(name: str) -> Path:
     return CONFIG_DIR / PRESETS[name]
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``config[a][b]... = value`` for ``dotted = "a.b..."`` (creating sections)."""
     keys = dotted.split(".")
@@ -146,7 +136,9 @@ def load_study_config(
     validated config.
     """
     user = _read(source) if isinstance(source, (str, Path)) else dict(source or {})
-    config = _merge(DEFAULTS, user)
+    from irreptensor_ml.train.config import merge_configs  # the training config's merge rule
+
+    config = merge_configs(DEFAULTS, user)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like 'key.sub=value'")
