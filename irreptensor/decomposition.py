@@ -82,7 +82,10 @@ def _check(flat, x, k: TensorKind, batch, symmetrize: bool, tol: float) -> None:
 
         with torch.no_grad():
             f64 = flat.detach().double()
-            x64 = f64 @ constant(("basisT", k.key), float_basis(k).T, f64)
+            if flat.dtype == torch.float64:
+                x64 = x.detach()  # already the float64 product
+            else:  # float32: recompute the coordinates in float64 so the residual is meaningful
+                x64 = f64 @ constant(("basisT", k.key), float_basis(k).T, f64)
             t2 = (f64 * f64).sum(-1).cpu().numpy()
             x2 = (x64 * x64).sum(-1).cpu().numpy()
     else:

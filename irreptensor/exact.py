@@ -225,6 +225,8 @@ def derive_basis(formula: str, parity: int | None = None) -> ExactBasis:
     G = len(f.group)
     Pex = np.vectorize(lambda v: sp.Rational(int(round(v * G)), G), otypes=[object])(P)
 
+    nz = [np.nonzero(P[:, c])[0] for c in range(P.shape[1])]  # sparsity of the projector's columns
+
     groups: dict[tuple[int, int], list] = {}
     order: list[tuple[int, int]] = []
     for l, p, path, C in _paths(rank):
@@ -243,7 +245,6 @@ def derive_basis(formula: str, parity: int | None = None) -> ExactBasis:
         r0 = [R[0] for R in Rs]  # first component of each path, length 3**rank
         # S applied to each path's first row (dense matrix-vector with exact rationals)
         Sr0 = []
-        nz = [np.nonzero(P[:, c])[0] for c in range(P.shape[1])]
         for v in r0:
             out = [sp.Integer(0)] * len(v)
             for c, vc in enumerate(v):
