@@ -378,6 +378,14 @@ def _do_task(
     }
 
 
+def _priority(spec: RunSpec) -> tuple:
+    """Execution order: pretraining first, then seed by seed (a study stopped part-way leaves
+    whole seeds, which can be reported with ``seeds`` narrowed), the longest runs (multitask,
+    large fractions) first within a seed so that parallel workers finish together."""
+    return (spec.kind != "pretrain", int(spec.seed), spec.strategy != "multitask", -float(spec.fraction),
+            spec.target, spec.strategy, spec.run_id)
+
+
 def execute_tasks(
     tasks: Sequence[Task],
     data: StudyData,
@@ -420,7 +428,7 @@ def execute_tasks(
             f"  test {tf if tf is None else f'{tf:.4g}'}  ({out.get('epochs')} ep, {out.get('wall_time_s')} s)"
         )
 
-    order = sorted(todo, key=lambda rid: (todo[rid][0].spec.kind != "pretrain", rid))
+    order = sorted(todo, key=lambda rid: _priority(todo[rid][0].spec))
     if workers <= 1:
         for rid in order:
             t, work = todo[rid]

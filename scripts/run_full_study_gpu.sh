@@ -1,0 +1,47 @@
+#!/bin/bash
+# The full transfer study on one GPU machine that has torch/e3nn/lightning but no pymatgen.
+#
+#   irreptensor-ml transfer --preset full --export-cache full.pt      # here, with pymatgen (10 s)
+#   CACHE=full.pt OUT=/tmp/out WORKERS=14 DEADLINE_S=560 bash scripts/run_full_study_gpu.sh   # GPU machine
+#
+# 1. a smoke run (every strategy, 3 batches, on the GPU) that stops the script early if the CUDA path breaks;
+# 2. the study itself, stopped if unfinished so that the script ends within DEADLINE_S seconds (finished runs are stored; rerunning
+#    this script with the returned runs unpacked into RESULTS resumes it);
+# 3. the report and the exported models (--export-models) when every run finished;
+# 4. $OUT gets: env.txt, times.txt, gpu_util.txt (every 10 s), study.log, runs.tgz (records + test predictions + report),
+#    models.tgz (the models trained on all training data: pretraining + fraction 1, every seed).
+set -u
+OUT=${OUT:-/tmp/full_out}; mkdir -p "$OUT"
+CACHE=${CACHE:-full.pt}
+R=${RESULTS:-/tmp/transfer_full}
+W=${WORKERS:-14}
+DEADLINE_S=${DEADLINE_S:-560}   # the whole script, smoke and report included
+START=$(date +%s)
+EXTRA=${EXTRA:-}              # more --set options (tests of this script)
+export PYTHONUNBUFFERED=1
+STUDY="python -m irreptensor_ml.transfer --preset full --from-cache $CACHE --set train.trainer.num_threads=1 $EXTRA"
+{ nvidia-smi -L; nproc; python -c "import pymatgen" 2>&1 | tail -1
+  python -c "import torch, e3nn, lightning; print(torch.__version__, e3nn.__version__, lightning.__version__, torch.cuda.is_available())"
+} > "$OUT/env.txt" 2>&1
+
+t0=$(date +%s)
+timeout "${SMOKE_S:-100}" $STUDY --results-dir /tmp/smoke --workers "${SMOKE_W:-10}" --set seeds=[0] --set fractions=[1.0] \
+  --set 'tuning.candidates={}' --set train.trainer.max_epochs=1 --set train.trainer.limit_train_batches=3 \
+  --set 'pretrain.overrides={"trainer.max_epochs":1}' --set min_train_steps=0 --set train.trainer.limit_val_batches=1 \
+  > "$OUT/smoke.log" 2>&1
+rc=$?
+echo "smoke rc=$rc s=$(( $(date +%s) - t0 ))" >> "$OUT/times.txt"
+if [ $rc -ne 0 ]; then tar czf "$OUT/smoke.tgz" -C /tmp smoke 2>/dev/null; exit 3; fi
+
+t0=$(date +%s)
+BUDGET_S=$(( DEADLINE_S - ($(date +%s) - START) - 25 ))   # 25 s kept for the archives
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu_util.txt" 2>&1 &
+echo "study budget ${BUDGET_S} s" >> "$OUT/times.txt"
+timeout --signal=INT --kill-after=15 "$BUDGET_S" $STUDY --results-dir "$R" --workers "$W" --export-models "$R/export" \
+  > "$OUT/study.log" 2>&1
+rc=$?
+echo "study rc=$rc s=$(( $(date +%s) - t0 ))" >> "$OUT/times.txt"
+kill %1 2>/dev/null
+tar czf "$OUT/runs.tgz" -C "$R" --exclude=models --exclude=export --exclude='*.pt' . 2>/dev/null
+(cd "$R" && tar czf "$OUT/models.tgz" $(ls models/pretrain-*.pt models/*-f1-s*.pt 2>/dev/null) $(ls -d export 2>/dev/null))
+ls -la "$OUT" >> "$OUT/times.txt"
