@@ -8,6 +8,9 @@
 # 2. the study itself, stopped if unfinished so that the script ends within DEADLINE_S seconds (finished runs are stored; rerunning
 #    this script with the returned runs unpacked into RESULTS resumes it);
 # 3. the report and the exported models (--export-models) when every run finished;
+# Options: SMOKE=0 skips step 1; RESUME=DIR unpacks DIR/runs.tgz and DIR/models.tgz (a previous call's
+# archives) into RESULTS first; MPS=1 starts CUDA MPS so the workers' kernels share the GPU concurrently
+# (falls back to plain time-slicing if MPS does not start).
 # 4. $OUT gets: env.txt, times.txt, gpu_util.txt (every 10 s), study.log, runs.tgz (records + test predictions + report),
 #    models.tgz (the models trained on all training data: pretraining + fraction 1, every seed).
 set -u
@@ -24,14 +27,32 @@ STUDY="python -m irreptensor_ml.transfer --preset full --from-cache $CACHE --set
   python -c "import torch, e3nn, lightning; print(torch.__version__, e3nn.__version__, lightning.__version__, torch.cuda.is_available())"
 } > "$OUT/env.txt" 2>&1
 
-t0=$(date +%s)
-timeout "${SMOKE_S:-100}" $STUDY --results-dir /tmp/smoke --workers "${SMOKE_W:-10}" --set seeds=[0] --set fractions=[1.0] \
-  --set 'tuning.candidates={}' --set train.trainer.max_epochs=1 --set train.trainer.limit_train_batches=3 \
-  --set 'pretrain.overrides={"trainer.max_epochs":1}' --set min_train_steps=0 --set train.trainer.limit_val_batches=1 \
-  > "$OUT/smoke.log" 2>&1
-rc=$?
-echo "smoke rc=$rc s=$(( $(date +%s) - t0 ))" >> "$OUT/times.txt"
-if [ $rc -ne 0 ]; then tar czf "$OUT/smoke.tgz" -C /tmp smoke 2>/dev/null; exit 3; fi
+if [ -n "${RESUME:-}" ]; then
+  mkdir -p "$R" && for f in "$RESUME"/runs.tgz "$RESUME"/models.tgz; do tar xzf "$f" -C "$R" || exit 4; done
+  echo "resumed: $(ls "$R"/runs | wc -l) stored runs" >> "$OUT/times.txt"
+fi
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p /tmp/mps_pipe /tmp/mps_log
+  if nvidia-cuda-mps-control -d && timeout 30 python -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    echo "mps on" >> "$OUT/times.txt"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "mps failed to start; plain time-slicing" >> "$OUT/times.txt"
+  fi
+fi
+
+if [ "${SMOKE:-1}" = 1 ]; then
+  t0=$(date +%s)
+  timeout "${SMOKE_S:-100}" $STUDY --results-dir /tmp/smoke --workers "${SMOKE_W:-10}" --set seeds=[0] \
+    --set fractions=[1.0] --set 'tuning.candidates={}' --set train.trainer.max_epochs=1 \
+    --set train.trainer.limit_train_batches=3 --set 'pretrain.overrides={"trainer.max_epochs":1}' \
+    --set min_train_steps=0 --set train.trainer.limit_val_batches=1 > "$OUT/smoke.log" 2>&1
+  rc=$?
+  echo "smoke rc=$rc s=$(( $(date +%s) - t0 ))" >> "$OUT/times.txt"
+  if [ $rc -ne 0 ]; then tar czf "$OUT/smoke.tgz" -C /tmp smoke 2>/dev/null; exit 3; fi
+fi
 
 t0=$(date +%s)
 BUDGET_S=$(( DEADLINE_S - ($(date +%s) - START) - 25 ))   # 25 s kept for the archives
