@@ -163,8 +163,16 @@ def include_files(markdown: str, page_dir: Path | None = None) -> tuple[str, dic
     return INCLUDE_MARK.sub(repl, markdown), assets
 
 
+def _study_report_links(markdown: str, docs_dir: Path, assets: dict[str, bytes]) -> str:
+    """``results.md`` (written by ``irreptensor-ml transfer --markdown``) links its figures in
+    ``results/transfer/...`` outside ``docs/``: publish them like the images of included files."""
+    return _load_gen_results().rewrite_links(markdown, docs_dir, REPO_ROOT, assets)
+
+
 def on_page_markdown(markdown, page, config, files, **kwargs):
-    """Expand include lines (their images were registered in :func:`on_files`)."""
+    """Expand include lines and fix the study report's links (images registered in :func:`on_files`)."""
+    if page.file.src_uri == "results.md":
+        markdown = _study_report_links(markdown, Path(config["docs_dir"]), {})
     if "<!-- include:" not in markdown:
         return markdown
     page_dir = Path(page.file.src_uri).parent
@@ -182,6 +190,13 @@ def on_files(files, config, **kwargs):
         files.append(File.generated(config, site_path, content=data))
 
     docs_dir = Path(config["docs_dir"])
+    report = docs_dir / "results.md"
+    if report.is_file():
+        assets: dict[str, bytes] = {}
+        _study_report_links(report.read_text(), docs_dir, assets)
+        for site_path, data in assets.items():
+            if files.get_file_from_path(site_path) is None:
+                files.append(File.generated(config, site_path, content=data))
     for md in sorted(docs_dir.rglob("*.md")):  # images of included files
         if INCLUDE_MARK.search(md.read_text()):
             for site_path, data in include_files(md.read_text())[1].items():

@@ -9,8 +9,9 @@ Units of the results: elastic GPa, dielectric dimensionless, piezoelectric C/m^2
 ``model`` arguments accept a run directory or ``model.pt`` path (loaded with
 :func:`irreptensor_ml.train.load_model`), an already loaded ``(model, normalizers, config)``
 tuple, a :class:`LoadedModel`, or ``None`` for the shipped pretrained model of the property
-(``irreptensor_ml/pretrained/<property>/model.pt``; none is shipped yet, in which case a
-:class:`NoPretrainedModelError` says so).
+(``irreptensor_ml/pretrained/<property>/model.pt`` with its ``MODEL_CARD.md``; where none is
+shipped a :class:`NoPretrainedModelError` says so). A shipped model whose card shows that it does
+not beat a trivial baseline on the test set (see the card) is loaded with a ``UserWarning``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def graph_cutoff(config: Mapping[str, Any], default: float = DEFAULT_CUTOFF) -> 
     return float(default)
 
 
+def pretrained_dir() -> Path:
+    """Folder of the shipped pretrained models (``irreptensor_ml/pretrained``)."""
+    return Path(str(importlib.resources.files("irreptensor_ml"))) / "pretrained"
+
+
 def pretrained_model_path(property: str) -> Path:
     """Path of the shipped pretrained model of ``property``.
 
@@ -105,7 +111,7 @@ def pretrained_model_path(property: str) -> Path:
         NoPretrainedModelError: when no such model is shipped with the package.
     """
     check_property(property)
-    base = Path(str(importlib.resources.files("irreptensor_ml"))) / "pretrained"
+    base = pretrained_dir()
     for cand in (base / property / "model.pt", base / f"{property}.pt"):
         if cand.is_file():
             return cand
@@ -113,6 +119,25 @@ def pretrained_model_path(property: str) -> Path:
         f"no pretrained model is shipped for property {property!r} (looked in {base}); "
         "pass a trained run directory or model.pt as model (e.g. --model runs/my_run)"
     )
+
+
+def _warn_if_below_baseline(card_path: Path) -> None:
+    """Warn when a shipped model's card says a structure-blind predictor did as well on test."""
+    import json
+
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        return
+    err = (card.get("test_metrics") or {}).get("frobenius_mae")
+    beaten_by = [name for name, b in (card.get("baselines") or {}).items()
+                 if err is not None and b.get("frobenius_mae") is not None and err >= b["frobenius_mae"]]
+    if beaten_by:
+        warnings.warn(
+            f"the shipped {card.get('property')} model (test Frobenius MAE {err:.4g}) does not beat the "
+            f"trivial baseline(s) {', '.join(beaten_by)} on the test set; see {card_path.with_name('MODEL_CARD.md')}",
+            UserWarning, stacklevel=3,
+        )
 
 
 def load_predictor(model: Any = None, property: str | None = None) -> LoadedModel:
@@ -133,6 +158,7 @@ def load_predictor(model: Any = None, property: str | None = None) -> LoadedMode
         if property is None:
             raise ValueError("load_predictor: model=None needs a property to find a pretrained model")
         model = pretrained_model_path(property)
+        _warn_if_below_baseline(Path(model).parent / "card.json")
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.exists():

@@ -1,21 +1,27 @@
-"""Equivariant model: :class:`EquivariantTrunk` (message passing), :class:`TensorHead` (one per
-property) and :class:`TensorPredictor` (trunk + heads)."""
+"""Equivariant model: :class:`EquivariantTrunk` (message passing), :class:`TensorHead` /
+:class:`TensorProductHead` (one per property) and :class:`TensorPredictor` (trunk + heads; the
+trunk may also be a pretrained foundation trunk, see :func:`build_trunk`)."""
 
-from .heads import TensorHead, default_head_hidden, mean_pool
-from .predictor import TensorPredictor, property_irreps
+from .heads import HEAD_TYPES, TensorHead, TensorProductHead, build_head, default_head_hidden, mean_pool, square_reachable
+from .predictor import TensorPredictor, build_trunk, property_irreps
 from .radial import RadialBasis, polynomial_envelope
 from .trunk import DEFAULT_HIDDEN_IRREPS, EquivariantTrunk, InteractionBlock, edge_vectors
 
 __all__ = [
     "DEFAULT_HIDDEN_IRREPS",
+    "HEAD_TYPES",
     "EquivariantTrunk",
     "InteractionBlock",
     "RadialBasis",
     "TensorHead",
+    "TensorProductHead",
+    "build_head",
+    "build_trunk",
     "TensorPredictor",
     "default_head_hidden",
     "edge_vectors",
     "mean_pool",
     "polynomial_envelope",
     "property_irreps",
+    "square_reachable",
 ]

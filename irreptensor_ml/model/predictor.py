@@ -1,5 +1,12 @@
 """Multi-property tensor predictor: one shared equivariant trunk, one head per property.
 
+The trunk is our :class:`EquivariantTrunk`, or -- when its config has a ``foundation`` key --
+the pretrained layers of a universal potential
+(:class:`~irreptensor_ml.foundation.trunk.FoundationTrunk`, needs ``pip install
+"irreptensor[foundation]"``).  A head is a :class:`TensorHead` or, with ``type:
+tensor_product`` in its config, a :class:`TensorProductHead` (reaches ``4e``/``3o`` from
+``l <= 2`` features).
+
 Predictions are irreps vectors in the NORMALIZED units of
 :class:`irreptensor_ml.data.normalization.IrrepNormalizer` (denormalize them, then
 ``irreptensor.compose(x, kind)`` gives the Cartesian tensor).  Heads can be added or replaced
@@ -13,10 +20,35 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .heads import TensorHead
+from .heads import build_head
 from .trunk import EquivariantTrunk
 
-__all__ = ["TensorPredictor", "property_irreps"]
+__all__ = ["TensorPredictor", "build_trunk", "property_irreps"]
+
+
+def build_trunk(config: Mapping[str, Any] | None = None) -> nn.Module:
+    """The trunk of a plain-dict config: a ``FoundationTrunk`` if it has a ``foundation`` key,
+    else an :class:`EquivariantTrunk`.
+
+    A ``cutoff`` in a foundation config is the cutoff of the graphs it will see (training
+    configs set ``model.trunk.cutoff`` to ``data.cutoff``); it is checked against the potential's
+    own cutoff (graphs must contain every neighbour the potential sees) and not stored.
+    Without sevenn a foundation config raises ``ImportError`` naming
+    ``pip install "irreptensor[foundation]"``.
+    """
+    config = dict(config or {})
+    if "foundation" not in config:
+        return EquivariantTrunk(**config)
+    from irreptensor_ml.foundation.trunk import FoundationTrunk
+
+    graph_cutoff = config.pop("cutoff", None)
+    trunk = FoundationTrunk(**config)
+    if graph_cutoff is not None and float(graph_cutoff) < trunk.cutoff:
+        raise ValueError(
+            f"foundation trunk {config['foundation']!r} needs graphs with cutoff >= {trunk.cutoff} "
+            f"Angstrom, got data cutoff {graph_cutoff}"
+        )
+    return trunk
 
 
 def property_irreps(prop: str) -> str:
@@ -28,13 +60,17 @@ def property_irreps(prop: str) -> str:
 
 
 class TensorPredictor(nn.Module):
-    """Shared :class:`EquivariantTrunk` plus a :class:`~torch.nn.ModuleDict` of :class:`TensorHead`.
+    """Shared trunk plus a :class:`~torch.nn.ModuleDict` of heads.
 
     Args:
-        trunk: trunk keyword arguments (see :class:`EquivariantTrunk`), or a built trunk.
-        heads: mapping ``property -> irreps`` string, or ``property -> dict`` of
-            :class:`TensorHead` keyword arguments (``irreps_out`` required, ``irreps_hidden``
-            optional).  An irreps of ``None`` is looked up with :func:`property_irreps`.
+        trunk: trunk config (see :func:`build_trunk`: :class:`EquivariantTrunk` keyword
+            arguments, or a ``FoundationTrunk``'s with a ``foundation`` key), or a built trunk
+            (any module with ``forward(batch)``, ``irreps_out`` and a plain-dict ``config``).
+        heads: mapping ``property -> irreps`` string, or ``property -> dict`` of head keyword
+            arguments (``irreps_out``; optional ``irreps_hidden``, ``type`` -- ``"linear"``
+            (default, :class:`TensorHead`) or ``"tensor_product"``
+            (:class:`TensorProductHead`, with optional ``mul_square``)).  An irreps of ``None``
+            is looked up with :func:`property_irreps`.
 
     ``forward(batch) -> {property: (num_graphs, dim)}`` in normalized irreps units.
     :attr:`config` is a plain dict from which :meth:`from_config` rebuilds the same architecture.
@@ -47,14 +83,11 @@ class TensorPredictor(nn.Module):
 
     def __init__(
         self,
-        trunk: Mapping[str, Any] | EquivariantTrunk | None = None,
+        trunk: Mapping[str, Any] | nn.Module | None = None,
         heads: Mapping[str, str | Mapping[str, Any] | None] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(trunk, EquivariantTrunk):
-            self.trunk = trunk
-        else:
-            self.trunk = EquivariantTrunk(**dict(trunk or {}))
+        self.trunk = trunk if isinstance(trunk, nn.Module) else build_trunk(trunk)
         self.heads = nn.ModuleDict()
         self._head_config: dict[str, dict[str, Any]] = {}
         for prop, spec in (heads or {}).items():
@@ -88,25 +121,38 @@ class TensorPredictor(nn.Module):
         prop: str,
         irreps_out: str | None = None,
         irreps_hidden: str | None = None,
-    ) -> TensorHead:
-        """Add (or replace) the head of ``prop``; returns the new head.  The trunk is untouched."""
+        type: str = "linear",
+        **kwargs: Any,
+    ) -> nn.Module:
+        """Add (or replace) the head of ``prop``; returns the new head.  The trunk is untouched.
+
+        ``type`` and ``kwargs`` select and configure the head (:func:`~.heads.build_head`)."""
         if not isinstance(prop, str) or not prop or "." in prop:
             raise ValueError(f"add_head: property name must be a non-empty str without '.', got {prop!r}")
         if irreps_out is None:
             irreps_out = property_irreps(prop)
-        head = TensorHead(self.trunk.irreps_out, irreps_out, irreps_hidden)
+        head = build_head(self.trunk.irreps_out, irreps_out, type, irreps_hidden=irreps_hidden, **kwargs)
         param = next(self.trunk.parameters(), None)
         if param is not None:
             head = head.to(device=param.device, dtype=param.dtype)
         self.heads[prop] = head
-        self._head_config[prop] = {
-            "irreps_out": str(head.irreps_out),
-            "irreps_hidden": str(head.irreps_hidden),
-        }
+        if type == "linear":  # the original config layout (no "type" key) for linear heads
+            self._head_config[prop] = {
+                "irreps_out": str(head.irreps_out),
+                "irreps_hidden": str(head.irreps_hidden),
+            }
+        else:
+            self._head_config[prop] = dict(head.config)
         return head
 
     def freeze_trunk(self, frozen: bool = True) -> None:
-        """Stop (``frozen=True``) or restart gradient updates of the trunk's parameters."""
+        """Stop (``frozen=True``) or restart gradient updates of the trunk's parameters.
+
+        A trunk with its own ``set_trainable`` (a foundation trunk, whose potential keeps some
+        parameters fixed) decides itself which parameters restart."""
+        if hasattr(self.trunk, "set_trainable"):
+            self.trunk.set_trainable(not frozen)
+            return
         for p in self.trunk.parameters():
             p.requires_grad_(not frozen)
 

@@ -7,7 +7,7 @@ A configuration is a plain nested dict (YAML-serialisable) with the sections
 * ``model``: ``trunk`` (:class:`irreptensor_ml.model.EquivariantTrunk` arguments), ``heads``
   (optional per-property head settings), ``pretrained_trunk`` (transfer learning from a saved
   model) and ``freeze_trunk``,
-* ``loss``: ``type`` (``mse`` | ``smooth_l1``), ``smooth_l1_beta``, per-property ``weights``,
+* ``loss``: ``type`` (``mse`` | ``smooth_l1`` | ``frobenius``), ``smooth_l1_beta``, per-property ``weights``,
 * ``optim``: learning rate, weight decay and LR schedule,
 * ``trainer``: Lightning ``Trainer`` settings (accelerator, devices, num_nodes, strategy, ...).
 
@@ -40,7 +40,7 @@ CONFIG_DIR = Path(str(resources.files("irreptensor_ml") / "configs"))
 _SECTIONS = ("seed", "data", "model", "loss", "optim", "trainer")
 # Sections whose keys are checked here (``data`` and ``model.trunk`` are checked by their owners).
 _CHECKED = ("loss", "optim", "trainer")
-_LOSS_TYPES = ("mse", "smooth_l1")
+_LOSS_TYPES = ("mse", "smooth_l1", "frobenius")
 _SCHEDULERS = ("cosine", "plateau", "none")
 
 

@@ -4,6 +4,7 @@ Examples::
 
     irreptensor-ml transfer --preset quick                      # ~quick study on the shipped data, prints the table
     irreptensor-ml transfer --preset full --workers 8           # full study (GPU if present), resumable
+    irreptensor-ml transfer --preset foundation                 # SevenNet-0 trunk vs scratch (foundation extra)
     irreptensor-ml transfer --preset full --export-cache full.pt        # on a machine with pymatgen
     irreptensor-ml transfer --preset full --from-cache full.pt --workers 8  # anywhere (no pymatgen needed)
     irreptensor-ml transfer --preset full --report-only --markdown docs/results.md \\
@@ -30,7 +31,7 @@ PROG = "irreptensor-ml transfer"
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, choices=("quick", "full"),
+    src.add_argument("--preset", default=None, choices=("quick", "full", "foundation"),
                      help="shipped study preset (default: quick)")
     src.add_argument("--config", default=None, help="study YAML (merged over the defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -12,13 +12,22 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
                          i-th study seed uses ``seeds[i % len(seeds)]``) and ``overrides``
                          (dotted training-config keys, e.g. ``trainer.max_epochs``).
 ``targets``              properties the trunk is transferred to.
-``strategies``           subset of scratch / frozen / finetune / multitask / control.
+``strategies``           subset of scratch / frozen / finetune / multitask / control /
+                         foundation-frozen / foundation-finetune.
 ``fractions``            learning-curve fractions of each target's training materials.
 ``seeds``                seeds per point (subsample, initialisation and batch order).
 ``min_train_steps``      lower bound on optimizer steps per run (small fractions get more epochs,
                          see :func:`irreptensor_ml.transfer.runner.epochs_for`); 0 = off.
 ``strategy_settings``    fixed per-strategy overrides (dotted keys; ``trunk_lr_scale`` for
-                         finetune).
+                         finetune and foundation-finetune).
+``foundation``           trunk (``FoundationTrunk`` arguments) and head (head config, default a
+                         tensor-product head) of the foundation-* strategies; unused otherwise.
+``reuse_runs_from``      other results directories whose finished runs are copied into this
+                         study's store when a planned run has the same id (e.g. the scratch
+                         baselines of the ``full`` study in the ``foundation`` study).
+``reference_rows``       ``{property: summary.json}`` of rows computed outside the study on the
+                         same test materials (e.g. SevenNet-0's own finite-strain elastic
+                         tensors, ``scripts/foundation_reference.py``) for the report.
 ``tuning``               ``candidates: {strategy: [overrides, ...]}`` -- every listed strategy
                          must get the same number of candidates (equal tuning budget); they are
                          compared on the validation Frobenius MAE at ``fraction`` over ``seeds``;
@@ -43,7 +52,11 @@ import yaml
 __all__ = ["DEFAULTS", "PRESETS", "load_study_config", "preset_path", "validate_study_config"]
 
 #: shipped preset names -> file names in ``irreptensor_ml/configs``
-PRESETS: dict[str, str] = {"quick": "transfer_quick.yaml", "full": "transfer_full.yaml"}
+PRESETS: dict[str, str] = {
+    "quick": "transfer_quick.yaml",
+    "full": "transfer_full.yaml",
+    "foundation": "transfer_foundation.yaml",
+}
 
 DEFAULTS: dict[str, Any] = {
     "name": "custom",
@@ -69,15 +82,28 @@ DEFAULTS: dict[str, Any] = {
     "bootstrap": {"n_resamples": 10000, "confidence": 0.95, "seed": 0},
     "eval_batch_size": 64,
     "workers": 1,
+    "notes": [],  # free-text lines printed under the report's setup (e.g. how the runs were executed)
+    "foundation": {
+        "trunk": {"foundation": "7net-0", "layer": None, "scalar_layers": None, "parity": "symmetrize"},
+        "head": {"type": "tensor_product", "mul_square": 8, "input_norm": True},
+    },
+    "reuse_runs_from": [],
+    "reference_rows": {},
 }
 
-_STRATEGIES = ("scratch", "frozen", "finetune", "multitask", "control")
+_STRATEGIES = (
+    "scratch", "frozen", "finetune", "multitask", "control", "foundation-frozen", "foundation-finetune",
+)
+#: strategies that start from the study's own (elastic) pretraining run
+_PRETRAINED = ("frozen", "finetune")
+#: strategies that take a trunk learning-rate scale
+_SCALED = ("finetune", "foundation-finetune")
 _PROPERTIES = ("elastic", "dielectric", "piezoelectric")
 _STRATEGY_KEYS = ("trunk_lr_scale",)
 
 
 def preset_path(name: str) -> Path:
-    """Path of a shipped preset YAML (``quick`` or ``full``)."""
+    """Path of a shipped preset YAML (``quick``, ``full`` or ``foundation``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown transfer preset {name!r}; shipped presets: {sorted(PRESETS)}")
     from irreptensor_ml.train.config import CONFIG_DIR
@@ -172,6 +198,9 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
         bad = sorted(set(config[section]) - set(DEFAULTS[section]))
         if bad:
             raise ValueError(f"unknown key(s) {bad} in {section!r}; known: {sorted(DEFAULTS[section])}")
+    notes = config["notes"]
+    if not isinstance(notes, (list, tuple)) or not all(isinstance(n, str) for n in notes):
+        raise ValueError(f"notes must be a list of strings, got {notes!r}")
     data = dict(config["data"])
     for fixed in ("properties", "train_fraction"):
         if fixed in data:
@@ -183,9 +212,12 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
     pre = config["pretrain"]["property"]
     if pre not in _PROPERTIES:
         raise ValueError(f"pretrain.property must be one of {_PROPERTIES}, got {pre!r}")
-    if pre in targets:
-        raise ValueError(f"pretrain.property {pre!r} cannot also be a target")
     strategies = _check_list(config, "strategies", _STRATEGIES)
+    if pre in targets and any(s in _PRETRAINED for s in strategies):
+        raise ValueError(
+            f"pretrain.property {pre!r} cannot also be a target of strategies that reuse the "
+            f"pretraining run ({[s for s in strategies if s in _PRETRAINED]})"
+        )
     if "scratch" not in strategies:
         raise ValueError("strategies must include 'scratch' (the baseline every strategy is compared to)")
     for f in _check_list(config, "fractions"):
@@ -238,6 +270,19 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
         raise ValueError(f"bootstrap.n_resamples must be an integer >= 100, got {b['n_resamples']!r}")
     if not 0 < float(b["confidence"]) < 1:
         raise ValueError(f"bootstrap.confidence must be in (0, 1), got {b['confidence']!r}")
+    foundation = config["foundation"]
+    if not isinstance(foundation, Mapping) or sorted(foundation) != ["head", "trunk"]:
+        raise ValueError(f"foundation must be a mapping with keys 'trunk' and 'head', got {foundation!r}")
+    if not isinstance(foundation["trunk"], Mapping) or not foundation["trunk"].get("foundation"):
+        raise ValueError("foundation.trunk must name the pretrained potential, e.g. {foundation: 7net-0}")
+    if not isinstance(foundation["head"], Mapping) or "irreps_out" in foundation["head"]:
+        raise ValueError("foundation.head must be a head config without irreps_out")
+    reuse = config["reuse_runs_from"]
+    if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
+        raise ValueError(f"reuse_runs_from must be a list of directories, got {reuse!r}")
+    rows = config["reference_rows"]
+    if not isinstance(rows, Mapping) or not all(p in _PROPERTIES and isinstance(f, str) for p, f in rows.items()):
+        raise ValueError(f"reference_rows must map properties to summary files, got {rows!r}")
     train = config["train"]
     if not isinstance(train, Mapping):
         raise ValueError("train must be a mapping of training-config sections")
@@ -251,8 +296,8 @@ def _check_overrides(strategy: str, over: Any, where: str) -> None:
         raise ValueError(f"{where} must be a mapping of dotted keys to values, got {over!r}")
     for key, value in flatten_overrides(over).items():
         if key in _STRATEGY_KEYS:
-            if strategy != "finetune":
-                raise ValueError(f"{where}: {key} applies only to finetune")
+            if strategy not in _SCALED:
+                raise ValueError(f"{where}: {key} applies only to {' and '.join(_SCALED)}")
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{where}: {key} must be a number > 0, got {value!r}")
         elif key.split(".", 1)[0] not in ("model", "loss", "optim", "trainer"):

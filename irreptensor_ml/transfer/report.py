@@ -30,7 +30,7 @@ from irreptensor_ml.transfer import stats as S
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["summarize", "markdown_report", "write_report", "format_cell"]
+__all__ = ["summarize", "markdown_report", "write_report", "format_cell", "trivial_baselines"]
 
 #: metrics shown with their own row in the Markdown "all metrics" tables (others are in the JSON)
 MAIN_METRICS: tuple[str, ...] = ("frobenius_mae", "mae", "rel_frobenius", "ewt25", "ewt10", "ewt5")
@@ -42,6 +42,39 @@ def _fkey(f: float) -> str:
 
 def _fraction_label(f: float) -> str:
     return f"{100 * float(f):g} %"
+
+
+def trivial_baselines(data: Any, prop: str) -> dict[str, dict[str, float]]:
+    """Test metrics of two predictors that learn nothing from structures, as a floor to beat.
+
+    ``zero``: the zero tensor. ``isotropic_median``: the isotropic tensor whose invariant (0e)
+    coefficients are the medians over the property's training samples and whose other irreps are
+    zero -- the best constant an equivariant model can output (a property without 0e
+    coefficients, e.g. piezoelectric, gets only ``zero``). Same metrics and test samples as the
+    study's runs (:func:`irreptensor_ml.metrics.tensor_metrics`).
+    """
+    import irreptensor as it
+    from irreptensor_ml.metrics import irrep_blocks, tensor_metrics
+
+    def targets(side: str) -> np.ndarray:
+        return data.dataset(data.indices(side, prop), [prop]).targets(prop).numpy()
+
+    true = targets("test")
+    invariant = [sl for name, sl in irrep_blocks(data.irreps[prop]) if name.startswith("0e")]
+    preds = {"zero": np.zeros_like(true)}
+    if invariant:
+        train = targets("train")
+        const = np.zeros(true.shape[1])
+        for sl in invariant:
+            const[sl] = np.median(train[:, sl], axis=0)
+        preds["isotropic_median"] = np.broadcast_to(const, true.shape).copy()
+    true_t = it.compose(true, prop)
+    out = {}
+    for name, pred in preds.items():
+        m = tensor_metrics(it.compose(pred, prop), true_t, prop, pred_irreps=pred, true_irreps=true)
+        # e.g. the VRH moduli of the (singular) zero stiffness are undefined
+        out[name] = {k: (float(v) if math.isfinite(v) else None) for k, v in m.items()}
+    return out
 
 
 def summarize(
@@ -151,6 +184,9 @@ def summarize(
         "results": results,
         "selection": selection,
         "best_on_validation": best_on_val,
+        "baselines": {p: trivial_baselines(data, p) for p in dict.fromkeys([pre_prop, *results])
+                      if pretrain or p in results},
+        "reference_rows": _reference_rows(config),
         "hardware": hardware_info(),
         "run_devices": sorted(devices),
         "versions": package_versions(),
@@ -212,20 +248,22 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
         + ", ".join(f"{p} {c['train']}/{c['val']}/{c['test']}" for p, c in summary["data"]["counts"].items())
         + f"; data fingerprint "
         f"`{summary['data']['fingerprint'][:12]}`.",
-        f"- Hardware: {hw.get('cpu_count')} CPU cores ({hw.get('platform')}), GPU: {gpus}; runs executed on "
-        f"{', '.join(summary['run_devices'])} with {cfg['workers']} worker process(es). Wall time: "
+        f"- Runs executed on {', '.join(summary['run_devices'])}; report written on {hw.get('cpu_count')} CPU "
+        f"cores ({hw.get('platform')}), GPU: {gpus}, with `workers: {cfg['workers']}`. Wall time: "
         f"{wall['first_run_start_to_last_run_end_s']} s from the first run's start to the last run's end "
         f"(includes pauses if the study was resumed); sum of the runs' own times {wall['sum_of_run_times_s']:.0f} s "
         "(training + validation, data preparation and test passes not included).",
+        *(f"- {note}" for note in cfg.get("notes") or ()),
         "",
-        f"## {summary['pretrain']['property']} pretraining model (test set)",
-        "",
-        "| metric | value |",
-        "|---|---|",
     ]
-    for k in MAIN_METRICS + tuple(k for k in summary["pretrain"]["test"] if k.endswith("_mae") and k not in MAIN_METRICS):
-        if k in summary["pretrain"]["test"]:
-            lines.append(f"| {k} | {format_cell(summary['pretrain']['test'][k])} |")
+    if summary["pretrain"]["runs"]:
+        lines += [f"## {summary['pretrain']['property']} pretraining model (test set)", "",
+                  "| metric | value |", "|---|---|"]
+        pre_test = summary["pretrain"]["test"]
+        for k in MAIN_METRICS + tuple(k for k in pre_test if k.endswith("_mae") and k not in MAIN_METRICS):
+            if k in pre_test:
+                lines.append(f"| {k} | {format_cell(pre_test[k])} |")
+        lines += _baseline_lines(summary, summary["pretrain"]["property"])
     for target, by_strat in summary["results"].items():
         unit = units.get(target) or "dimensionless"
         header = "| strategy | " + " | ".join(_fraction_label(f) for f in fractions) + " |"
@@ -235,6 +273,7 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
         for strat, by_frac in by_strat.items():
             cells = [format_cell((by_frac.get(_fkey(f)) or {}).get("test", {}).get("frobenius_mae")) for f in fractions]
             lines.append(f"| {strat} | " + " | ".join(cells) + " |")
+        lines += _baseline_lines(summary, target)
         lines += ["", f"Difference to scratch in mean test Frobenius error ({unit}), paired bootstrap "
                   f"{100 * float(cfg['bootstrap']['confidence']):g} % interval over the same test materials "
                   "(negative = better than scratch; n.s. = interval contains 0):", "", header, sep]
@@ -259,8 +298,14 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
         best = summary["best_on_validation"].get(target)
         if best:
             lines.append(f"- Best strategy on validation at {_fraction_label(float(top))}: **{best['strategy']}**.")
+        ref = (summary.get("reference_rows") or {}).get(target)
+        ref_head = []
+        if ref:
+            done = "" if ref.get("complete") else f", {ref.get('n_done')} of {ref.get('n_test')} materials"
+            ref_head = [f"{ref.get('row')} (no training{done})"]
         lines += ["", f"All test metrics at {_fraction_label(float(top))} (mean ± std over seeds):", "",
-                  "| metric | " + " | ".join(by_strat) + " |", "|---|" + "---|" * len(by_strat)]
+                  "| metric | " + " | ".join([*by_strat, *ref_head]) + " |",
+                  "|---|" + "---|" * (len(by_strat) + len(ref_head))]
         names: list[str] = []
         for by_frac in by_strat.values():
             for k in (by_frac.get(top) or {}).get("test", {}):
@@ -268,6 +313,9 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
                     names.append(k)
         for k in names:
             cells = [format_cell((by_frac.get(top) or {}).get("test", {}).get(k)) for by_frac in by_strat.values()]
+            if ref:
+                v = (ref.get("metrics") or {}).get(k)
+                cells.append("–" if v is None else f"{v:.4g}")
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "## Figures", ""]
     for target in summary["results"]:
@@ -277,6 +325,34 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
     lines += ["", "Metric definitions: `irreptensor_ml/metrics.py` (Frobenius MAE over full Cartesian tensors; "
               "EwT = share of materials with relative Frobenius error below the threshold)."]
     return "\n".join(lines) + "\n"
+
+
+def _reference_rows(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{property: summary}`` of the ``reference_rows`` files that exist (rows computed outside
+    the study on the same test materials, e.g. ``scripts/foundation_reference.py``)."""
+    out = {}
+    for prop, path in (config.get("reference_rows") or {}).items():
+        try:
+            ref = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            logger.warning("reference row %s of %s not readable; left out of the report", path, prop)
+            continue
+        out[prop] = {k: ref.get(k) for k in ("row", "metrics", "n_test", "n_done", "complete", "settings")}
+    return out
+
+
+_BASELINE_LABELS = {"zero": "the zero tensor", "isotropic_median": "the isotropic training median"}
+
+
+def _baseline_lines(summary: Mapping[str, Any], prop: str) -> list[str]:
+    """One sentence with the trivial baselines of ``prop`` (older summaries have none)."""
+    base = (summary.get("baselines") or {}).get(prop)
+    if not base:
+        return []
+    parts = [f"{_BASELINE_LABELS.get(name, name)}: Frobenius MAE {m['frobenius_mae']:.4g}, "
+             f"EwT25 {100 * m['ewt25']:.0f} %" for name, m in base.items()]
+    return ["", f"Trivial baselines on the same test set (predictors that ignore the structure; "
+            f"a useful model must beat them): {'; '.join(parts)}."]
 
 
 def plot_learning_curves(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:

@@ -18,6 +18,13 @@ Data of a run (``seed`` also draws the training subsample):
   fraction (the same materials as the single-task runs of that seed); other properties are used
   in full.
 
+* ``foundation-frozen`` / ``foundation-finetune``: as ``scratch`` (target data only), with the
+  foundation trunk and head of the run's ``train_config["model"]``.  A ``foundation-frozen`` run
+  never runs its trunk: the trunk's per-atom features of every crystal of the study are computed
+  once and cached (:func:`study_node_features`), and training, validation and the test pass read
+  them (:class:`~irreptensor_ml.foundation.cache.CachedFeatureTrunk`); the saved model holds the
+  real (unchanged) trunk, so it predicts from structures like any other.
+
 Validation always uses the full validation set of the target; the test set is the full test set
 of the target, identical for all strategies, fractions and seeds (paired comparisons).
 """
@@ -280,6 +287,39 @@ def _fit_normalizers(train: Any, heads: Sequence[str], irreps: Mapping[str, str]
     return {p: IrrepNormalizer().fit(train.targets(p), irreps[p]) for p in heads}
 
 
+def study_node_features(
+    data: StudyData,
+    trunk: torch.nn.Module,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+) -> Any:
+    """Per-atom features of ``trunk`` for every crystal of the study data (rows in sample order),
+    from ``<cache_dir>/foundation/study-<key>.pt`` or computed once (tqdm bar with ``progress``)
+    and stored there; the key covers the trunk's config and weights and the graphs' content."""
+    from irreptensor_ml.foundation.cache import cached_node_features
+
+    return cached_node_features(
+        trunk, data.graphs, cache_dir=cache_dir, name="study", dtype=torch.float32, progress=progress,
+    )
+
+
+def _cached_trunk(data: StudyData, trunk: torch.nn.Module, target: str,
+                  cache_dir: str | os.PathLike[str] | None) -> torch.nn.Module:
+    """A :class:`CachedFeatureTrunk` standing in for ``trunk`` on the samples of ``target`` (the
+    run's datasets label crystals with :meth:`StudyData.sample_id` of the target)."""
+    from irreptensor_ml.foundation.cache import CachedFeatureTrunk
+
+    features = study_node_features(data, trunk, cache_dir)
+    index_of = {data.sample_id(k, target): k for side in ("train", "val", "test") for k in data.indices(side, target)}
+    return CachedFeatureTrunk(features, index_of, trunk.irreps_out, dict(trunk.config))
+
+
+def _uses_cached_features(spec: RunSpec) -> bool:
+    strat = get_strategy(spec.strategy)
+    return spec.kind == "transfer" and strat.foundation and not strat.train_trunk
+
+
 def _device_name() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
@@ -294,6 +334,7 @@ def execute_run(
     pretrained_model: str | os.PathLike[str] | None = None,
     min_train_steps: int = 0,
     eval_batch_size: int = 64,
+    feature_cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train the run, write its best model to ``model_path``, return its record (no test metrics).
 
@@ -304,6 +345,9 @@ def execute_run(
         pretrained_model: model file of the pretraining run (frozen / finetune).
         min_train_steps: see :func:`epochs_for`.
         eval_batch_size: batch size of the validation metrics pass.
+        feature_cache_dir: cache directory of a ``foundation-frozen`` run's trunk features
+            (:func:`study_node_features`; default ``$IRREPTENSOR_CACHE`` or
+            ``~/.cache/irreptensor``).
 
     The record holds ``run_id``, ``spec``, ``train`` (sizes, epochs, best epoch, best monitored
     validation loss, its history), ``val`` (all metrics of the target on the validation set,
@@ -340,6 +384,10 @@ def execute_run(
     finally:
         torch.set_default_dtype(previous)
     module = module.to(dtype)
+    real_trunk = None
+    if _uses_cached_features(spec):  # the frozen trunk's features are read, not recomputed
+        real_trunk = module.model.trunk
+        module.model.trunk = _cached_trunk(data, real_trunk, spec.target, feature_cache_dir)
     max_epochs, patience = epochs_for(cfg, len(sets["train"]), min_train_steps)
     module.max_epochs = max_epochs  # cosine schedule length follows the scaled epochs
     best = BestState(module.monitor)
@@ -359,6 +407,9 @@ def execute_run(
         module.normalizers, [spec.target],
     )
     val_metrics = compute_metrics(val_preds)[spec.target]
+    num_trainable = sum(p.numel() for g in module.param_groups() for p in g["params"])
+    if real_trunk is not None:
+        model.trunk = real_trunk  # the saved model predicts from structures
     train_info = {
         "heads": heads,
         "n_train_samples": len(sets["train"]),
@@ -374,7 +425,7 @@ def execute_run(
         "best_val_loss": best.best,
         "val_loss_history": [_finite(v) for v in best.history],
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "num_trainable_parameters": sum(p.numel() for g in module.param_groups() for p in g["params"]),
+        "num_trainable_parameters": num_trainable,
     }
     wall = time.time() - started
     info = {"run_id": spec.run_id, "strategy": spec.strategy, "kind": spec.kind, **train_info}
@@ -408,8 +459,10 @@ def evaluate_test(
     model_path: str | os.PathLike[str],
     *,
     eval_batch_size: int = 64,
+    feature_cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
-    """Evaluate a stored run model once on the test set of its target.
+    """Evaluate a stored run model once on the test set of its target (a ``foundation-frozen``
+    model on its trunk's cached features, see :func:`execute_run`).
 
     Returns ``(metrics, predictions)``: all metrics of :func:`irreptensor_ml.metrics.tensor_metrics`
     (physical units) and ``{"property", "sample_ids", "frobenius_error", "true_irreps",
@@ -417,6 +470,8 @@ def evaluate_test(
     """
     model, normalizers, config = load_model(model_path)
     dtype = next(model.parameters()).dtype
+    if _uses_cached_features(spec):
+        model.trunk = _cached_trunk(data, model.trunk, spec.target, feature_cache_dir)
     test = data.dataset(data.indices("test", spec.target), [spec.target], id_property=spec.target)
     if len(test) == 0:
         raise ValueError(f"no test sample of {spec.target!r}")

@@ -76,6 +76,16 @@ def _card_markdown(prop: str, card: Mapping[str, Any]) -> str:
         spread = "–" if st.get("mean") is None else (
             f"{st['mean']:.4g}" + ("" if st.get("std") is None else f" ± {st['std']:.3g}") + f" (n={st['n']})")
         lines.append(f"| {k} | {'–' if v is None else f'{v:.4g}'} | {spread} |")
+    base = card.get("baselines") or {}
+    if base:
+        lines += ["", "Trivial baselines on the same test set (predictors that ignore the structure):", "",
+                  "| predictor | frobenius_mae | ewt25 |", "|---|---|---|"]
+        lines += [f"| {name} | {b['frobenius_mae']:.4g} | {b['ewt25']:.3g} |" for name, b in base.items()]
+        worse = [name for name, b in base.items()
+                 if m.get("frobenius_mae") is not None and m["frobenius_mae"] >= b["frobenius_mae"]]
+        if worse:
+            lines += ["", f"**Warning: this model's test Frobenius MAE is not better than the trivial "
+                      f"baseline(s) {', '.join(worse)}.** Treat its predictions as unreliable."]
     lines += [
         "",
         "## Limitations",
@@ -150,6 +160,8 @@ def export_models(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
             "device": rec.get("device"),
             "versions": summary.get("versions"),
             "num_parameters": rec["train"].get("num_parameters"),
+            "baselines": {name: {k: b.get(k) for k in ("frobenius_mae", "ewt25")}
+                          for name, b in (summary.get("baselines") or {}).get(prop, {}).items()},
         }
         (dest / "card.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
         (dest / "MODEL_CARD.md").write_text(_card_markdown(prop, card))

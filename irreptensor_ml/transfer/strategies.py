@@ -1,4 +1,4 @@
-"""The five ways of learning a target tensor that the transfer study compares.
+"""The ways of learning a target tensor that the transfer study compares.
 
 =============  ===========================  ==================  ===================================
 strategy       trunk at start               trunk trained?      heads / training data
@@ -14,7 +14,21 @@ strategy       trunk at start               trunk trained?      heads / training
                                                                 an untrained trunk can do
 =============  ===========================  ==================  ===================================
 
-All strategies share one architecture (the study's ``model`` settings) and the training loop
+Two more strategies start from a *foundation* trunk, the pretrained layers of a universal
+interatomic potential (SevenNet-0, :mod:`irreptensor_ml.foundation`), instead of our elastic
+pretraining run; their trunk and head come from the study's ``foundation`` settings:
+
+=======================  ===============================  ==================  =====================
+strategy                 trunk at start                   trunk trained?      heads / training data
+=======================  ===============================  ==================  =====================
+``foundation-frozen``    SevenNet-0 (pretrained on MPtrj) no (frozen); the    new tensor-product
+                                                          head trains on      head; target data only
+                                                          cached features
+``foundation-finetune``  SevenNet-0 (pretrained on MPtrj) yes, lr x scale     new tensor-product
+                                                                              head; target data only
+=======================  ===============================  ==================  =====================
+
+The five study strategies share one architecture (the study's ``model`` settings) and the training loop
 of :class:`~irreptensor_ml.train.module.TensorLightningModule` (same masked, normalized loss).
 :class:`TransferLightningModule` adds what the transfer strategies need: optimizer parameter
 groups with a separate trunk learning rate (``trunk_lr = lr * trunk_lr_scale``) and a frozen
@@ -27,6 +41,7 @@ after ``lightning.seed_everything(seed)``, so for one seed ``control`` uses exac
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Mapping, Sequence
@@ -37,10 +52,12 @@ from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.train.module import TensorLightningModule
 
 __all__ = [
+    "FOUNDATION_STRATEGIES",
     "STRATEGIES",
     "Strategy",
     "TransferLightningModule",
     "build_module",
+    "foundation_model_config",
     "get_strategy",
     "trunk_state_from_model_state",
 ]
@@ -52,11 +69,13 @@ class Strategy:
 
     Attributes:
         name: strategy name.
-        pretrained_trunk: the trunk starts from the pretrained (elastic) trunk.
+        pretrained_trunk: the trunk starts from the study's pretrained (elastic) trunk.
         train_trunk: the trunk's parameters are optimised.
         all_heads: one head per study property, trained jointly (multitask); otherwise only the
             target's head.
         description: one line for reports.
+        foundation: the trunk is the study's foundation trunk (a pretrained potential, see
+            :func:`foundation_model_config`), not one of our trunks.
     """
 
     name: str
@@ -64,6 +83,12 @@ class Strategy:
     train_trunk: bool
     all_heads: bool
     description: str
+    foundation: bool = False
+
+    @property
+    def scales_trunk_lr(self) -> bool:
+        """Whether the strategy trains a pretrained trunk (its ``trunk_lr_scale`` applies)."""
+        return self.train_trunk and (self.pretrained_trunk or self.foundation)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -75,8 +100,32 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("multitask", False, True, True,
                  "one trunk, three heads trained jointly on the union, masked losses"),
         Strategy("control", False, False, False, "random frozen trunk, head trained"),
+        Strategy("foundation-frozen", False, False, False,
+                 "SevenNet-0 trunk frozen, new head trained on its cached features", foundation=True),
+        Strategy("foundation-finetune", False, True, False,
+                 "SevenNet-0 trunk + new head trained", foundation=True),
     )
 }
+
+#: strategies whose trunk is the foundation trunk
+FOUNDATION_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if s.foundation)
+
+def foundation_model_config(
+    model: Mapping[str, Any], foundation: Mapping[str, Any], target: str
+) -> dict[str, Any]:
+    """The ``model`` section of a foundation run (``foundation``: the study's ``foundation``
+    settings, ``{"trunk": FoundationTrunk arguments, "head": head config}``): ``model`` with its trunk replaced by the
+    foundation trunk (``foundation["trunk"]``; the graph ``cutoff`` kept for the check of
+    :func:`~irreptensor_ml.model.build_trunk`) and the target's head set to
+    ``foundation["head"]``."""
+    out = copy.deepcopy(dict(model))
+    trunk = {k: v for k, v in dict(foundation.get("trunk") or {}).items() if v is not None}
+    if "foundation" not in trunk:
+        raise ValueError("foundation.trunk must name the pretrained potential (key 'foundation')")
+    cutoff = dict(out.get("trunk") or {}).get("cutoff")
+    out["trunk"] = {**trunk, **({"cutoff": cutoff} if cutoff is not None else {})}
+    out["heads"] = {target: copy.deepcopy(dict(foundation.get("head") or {}))}
+    return out
 
 
 def get_strategy(name: str) -> Strategy:
@@ -181,12 +230,15 @@ def build_module(
         strategy: strategy name or :class:`Strategy`.
         target: the property the run is evaluated on (monitored for model selection).
         irreps: ``{property: irreps}`` of all study properties.
-        train_config: resolved training config (``model``, ``loss``, ``optim``, ``trainer``).
+        train_config: resolved training config (``model``, ``loss``, ``optim``, ``trainer``);
+            for a foundation strategy its ``model`` already holds the foundation trunk and head
+            (:func:`foundation_model_config`).
         normalizers: ``{property: IrrepNormalizer}`` for every head (fitted on the run's
             training targets).
         trunk_state: pretrained trunk state (``trunk.*`` keys without the prefix); required by
             ``frozen``/``finetune`` and refused by the others.
-        trunk_lr_scale: trunk learning-rate factor (only ``finetune`` may use a value != 1).
+        trunk_lr_scale: trunk learning-rate factor (only ``finetune`` and
+            ``foundation-finetune`` may use a value != 1).
         properties: study properties (default: all keys of ``irreps``).
     """
     strat = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
@@ -196,13 +248,19 @@ def build_module(
         raise ValueError(f"strategy {strat.name!r} needs a pretrained trunk_state")
     if not strat.pretrained_trunk and trunk_state is not None:
         raise ValueError(f"strategy {strat.name!r} starts from a random trunk; got a trunk_state")
-    if trunk_lr_scale != 1.0 and not (strat.pretrained_trunk and strat.train_trunk):
+    if trunk_lr_scale != 1.0 and not strat.scales_trunk_lr:
         raise ValueError(
-            f"trunk_lr_scale={trunk_lr_scale} applies only to finetune, not to {strat.name!r}"
+            f"trunk_lr_scale={trunk_lr_scale} applies only to finetune and foundation-finetune, "
+            f"not to {strat.name!r}"
         )
     missing = sorted(set(heads) - set(normalizers))
     if missing:
         raise ValueError(f"no normalizer for head(s) {missing}")
+    if strat.foundation != ("foundation" in dict(train_config["model"].get("trunk") or {})):
+        raise ValueError(
+            f"strategy {strat.name!r} " + ("needs" if strat.foundation else "cannot use")
+            + " a foundation trunk config (model.trunk.foundation); see foundation_model_config"
+        )
     model_cfg = dict(train_config["model"])
     model_cfg["heads"] = {p: v for p, v in dict(model_cfg.get("heads") or {}).items() if p in heads}
     loss_cfg = dict(train_config.get("loss") or {})

@@ -7,6 +7,7 @@ Layout of ``results_dir``::
     runs/<run_id>.json             one record per finished run (spec, train info, val metrics,
                                    and -- for final runs -- test metrics)
     models/<run_id>.pt             best model of the run (weights-only, load_model format)
+    features/foundation/*.pt       cached per-atom features of the foundation trunk (frozen runs)
     predictions/<run_id>.json      per-material test predictions of a final run
     summary.json, results.md, *.png  the report (see :mod:`.report`)
 
@@ -20,8 +21,12 @@ left alone and ignored).
 
 Phases of :func:`run_study`:
 
+0. runs already finished in one of the ``reuse_runs_from`` directories (same run id) are copied
+   into this store; if ``foundation-frozen`` runs are to train, the foundation trunk's features
+   of every crystal are computed once (progress bar) and cached under ``features/``;
 1. pretraining runs (elastic, one per ``pretrain.seeds``), test-evaluated once (the elastic
-   model's own metrics);
+   model's own metrics) -- skipped when the pretraining property is itself a target (then no
+   strategy may need the pretrained trunk, and its scratch runs measure the same thing);
 2. if ``tuning.candidates`` is set: every candidate of every strategy and target at
    ``tuning.fraction`` for ``tuning.seeds`` (validation only); the candidate with the lowest
    mean validation Frobenius MAE is chosen per (strategy, target) -- the same number of candidates
@@ -51,13 +56,13 @@ from typing import Any, Callable, Mapping, Sequence
 from irreptensor_ml.train.config import load_config, validate_config
 from irreptensor_ml.transfer.presets import flatten_overrides, set_dotted
 from irreptensor_ml.transfer.runner import RunSpec
-from irreptensor_ml.transfer.strategies import get_strategy
+from irreptensor_ml.transfer.strategies import foundation_model_config, get_strategy
 from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunStore", "StudyError", "Task", "load_study_data", "plan_pretrain", "plan_runs",
-           "run_study", "execute_tasks", "selection_from_records"]
+__all__ = ["RunStore", "StudyError", "Task", "import_runs", "load_study_data", "plan_pretrain", "plan_runs",
+           "prepare_features", "pretraining_needed", "run_study", "execute_tasks", "selection_from_records"]
 
 #: data-config keys that only affect how the data are read, not what they are
 _DATA_EXECUTION_KEYS = ("cache_dir", "progress", "num_workers", "batch_size", "dtype", "data_root")
@@ -75,6 +80,11 @@ class RunStore:
 
     def __init__(self, results_dir: str | os.PathLike[str]) -> None:
         self.root = Path(results_dir)
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        """Cache directory of the foundation trunk's features (``<root>/features``)."""
+        return self.root / "features"
 
     def record_path(self, run_id: str) -> Path:
         return self.root / "runs" / f"{run_id}.json"
@@ -100,6 +110,27 @@ class RunStore:
         if not path.is_file():
             raise ValueError(f"no test predictions stored for run {run_id} ({path})")
         return json.loads(path.read_text())
+
+    def import_run(self, other: "RunStore", run_id: str, final: bool) -> bool:
+        """Copy the files of ``run_id`` from ``other`` if it finished there (with its test
+        metrics and predictions if ``final``) and is not stored here; returns whether it did."""
+        import shutil
+
+        rec = other.load(run_id)
+        if rec is None or self.load(run_id) is not None or not other.model_path(run_id).is_file():
+            return False
+        if final and ("test" not in rec or not other.predictions_path(run_id).is_file()):
+            return False
+        files = [(other.model_path(run_id), self.model_path(run_id))]
+        if other.predictions_path(run_id).is_file():
+            files.append((other.predictions_path(run_id), self.predictions_path(run_id)))
+        for src, dst in files:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        self.save({**rec, "imported_from": str(other.root)})  # the record last: it marks the run done
+        return True
 
     def save(self, record: Mapping[str, Any]) -> Path:
         """Write a run record atomically."""
@@ -218,8 +249,15 @@ def pretrain_seed(config: Mapping[str, Any], seed: int) -> int:
     return int(seeds[int(seed) % len(seeds)])
 
 
+def pretraining_needed(config: Mapping[str, Any]) -> bool:
+    """Whether the study runs its pretraining phase: unless the pretraining property is itself a
+    target (validation then guarantees that no strategy reuses the pretrained trunk)."""
+    return config["pretrain"]["property"] not in config["targets"]
+
+
 def plan_pretrain(config: Mapping[str, Any], data: StudyData) -> dict[int, RunSpec]:
-    """``{pretrain seed: RunSpec}`` of the pretraining runs."""
+    """``{pretrain seed: RunSpec}`` of the pretraining runs (planned even where
+    :func:`pretraining_needed` is false; :func:`run_study` then does not execute them)."""
     base = base_train_config(config, data)
     out = {}
     for s in config["pretrain"]["seeds"]:
@@ -243,10 +281,17 @@ def make_spec(
     config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec], strategy: str,
     target: str, fraction: float, seed: int, candidate: int,
 ) -> RunSpec:
-    """The RunSpec of one transfer run with tuning candidate number ``candidate``."""
+    """The RunSpec of one transfer run with tuning candidate number ``candidate``.
+
+    A foundation strategy's model section is the study's ``foundation`` trunk and head
+    (:func:`~irreptensor_ml.transfer.strategies.foundation_model_config`), before the
+    candidate's overrides; the other strategies' specs do not depend on ``foundation``."""
     strat = get_strategy(strategy)
     over = candidates(config, strategy)[candidate]
-    cfg, scale = _apply(base_train_config(config, data), over, seed)
+    base = base_train_config(config, data)
+    if strat.foundation:
+        base["model"] = foundation_model_config(base["model"], config["foundation"], target)
+    cfg, scale = _apply(base, over, seed)
     pre_id = pretrain[pretrain_seed(config, seed)].run_id if strat.pretrained_trunk else None
     return RunSpec(
         "transfer", strategy, target, float(fraction), int(seed), cfg, trunk_lr_scale=scale,
@@ -363,10 +408,12 @@ def _do_task(
         record = execute_run(
             spec, data, store.model_path(spec.run_id), pretrained_model=pre,
             min_train_steps=min_train_steps, eval_batch_size=eval_batch_size,
+            feature_cache_dir=store.feature_cache_dir,
         )
         store.save(record)
     if final:
-        metrics, preds = evaluate_test(spec, data, store.model_path(spec.run_id), eval_batch_size=eval_batch_size)
+        metrics, preds = evaluate_test(spec, data, store.model_path(spec.run_id), eval_batch_size=eval_batch_size,
+                                       feature_cache_dir=store.feature_cache_dir)
         store.save_test(spec.run_id, metrics, preds)
     rec = store.load(spec.run_id) or {}
     return {
@@ -524,6 +571,8 @@ def run_study(
     data = load_study_data(cfg, from_cache)
     data.check_union_split()
     pretrain = plan_pretrain(cfg, data)
+    if not pretraining_needed(cfg):
+        pretrain = {}
     pre_tasks = [Task(s, True, "pretrain") for s in pretrain.values()]
     trials = plan_trials(cfg, data, pretrain) if tuning_needed(cfg) else []
     trial_tasks = [Task(s, False, "tuning") for s in trials]
@@ -555,11 +604,15 @@ def run_study(
     selection = None
 
     def execute(tasks: list[Task]) -> None:
+        imported = import_runs(tasks, store, cfg.get("reuse_runs_from") or [])
+        if imported:
+            log(f"{imported} finished run(s) copied from {cfg['reuse_runs_from']}")
         if report_only:
             missing = {t.run_id: "not stored" for t in tasks if needs(t, store)}
             if missing:
                 raise StudyError(_failure_text(missing))
             return
+        prepare_features(tasks, data, store, log)
         res = execute_tasks(tasks, data, store, **common)
         failures.update(res["failed"])
         if failures:
@@ -583,6 +636,43 @@ def run_study(
         files = write_report(summary, root, store)
         log(f"report written: {', '.join(str(f) for f in files)}")
     return summary
+
+
+def import_runs(tasks: Sequence[Task], store: RunStore, sources: Sequence[str | os.PathLike[str]]) -> int:
+    """Copy into ``store`` the runs of ``tasks`` that still need work here but finished in one of
+    the ``sources`` results directories (same run id, hence the same definition); returns how
+    many were copied."""
+    count = 0
+    others = [RunStore(s) for s in sources if Path(s).resolve() != store.root.resolve()]
+    for t in tasks:
+        if needs(t, store) is None:
+            continue
+        count += any(store.import_run(other, t.run_id, t.final) for other in others)
+    return count
+
+
+def prepare_features(tasks: Sequence[Task], data: StudyData, store: RunStore,
+                     log: Callable[[str], None] = print) -> None:
+    """Compute (once, in this process, with a progress bar) the cached trunk features of the
+    ``foundation-frozen`` tasks that still need work, so that worker processes only read them."""
+    todo = [t for t in tasks if t.spec.strategy == "foundation-frozen" and needs(t, store)]
+    if not todo:
+        return
+    from irreptensor_ml.model import build_trunk
+    from irreptensor_ml.transfer.runner import study_node_features
+
+    seen: set[str] = set()
+    for t in todo:
+        trunk_cfg = dict(t.spec.train_config["model"]["trunk"])
+        key = json.dumps(trunk_cfg, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        log(f"foundation trunk features of {len(data)} crystals ({trunk_cfg.get('foundation')}; cached in "
+            f"{store.feature_cache_dir})")
+        started = time.time()
+        study_node_features(data, build_trunk(trunk_cfg), store.feature_cache_dir, progress=True)
+        log(f"foundation features ready ({time.time() - started:.0f} s)")
 
 
 def _failure_text(failures: Mapping[str, str]) -> str:

@@ -126,12 +126,29 @@ def test_predict_errors(tmp_path: Path, cif_path: Path) -> None:
         P.predict(cif_path, "elastic", 42)
 
 
-def test_predict_without_model_and_without_pretrained(cif_path: Path) -> None:
-    pretrained = Path(P.__file__).parent / "pretrained" / "elastic" / "model.pt"
-    if pretrained.exists():
-        pytest.skip("a pretrained elastic model is shipped; this tests its absence")
+def test_predict_without_model_and_without_pretrained(cif_path: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(P, "pretrained_dir", lambda: tmp_path / "empty")
     with pytest.raises(P.NoPretrainedModelError, match="no pretrained model is shipped for property 'elastic'"):
         P.predict(cif_path, "elastic")
+
+
+@pytest.mark.parametrize("prop", ["elastic", "dielectric", "piezoelectric"])
+def test_shipped_pretrained_models_predict_by_default(cif_path: Path, prop: str) -> None:
+    import json
+    import warnings
+
+    path = P.pretrained_model_path(prop)  # every property has a shipped model
+    card = json.loads((path.parent / "card.json").read_text())
+    assert card["property"] == prop and (path.parent / "MODEL_CARD.md").is_file()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = P.predict(cif_path, prop)
+    rank = {"elastic": 4, "dielectric": 2, "piezoelectric": 3}[prop]
+    tensor = np.asarray(out[0]) if isinstance(out, list) else np.asarray(out)
+    assert tensor.shape[-rank:] == (3,) * rank and np.isfinite(tensor).all()
+    err = card["test_metrics"]["frobenius_mae"]
+    below = any(err >= b["frobenius_mae"] for b in card["baselines"].values())
+    assert below == any("does not beat the trivial baseline" in str(w.message) for w in caught)
 
 
 def test_read_structure_formats(tmp_path: Path) -> None:

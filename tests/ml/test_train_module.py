@@ -39,6 +39,32 @@ def test_masked_loss_ignores_masked_rows():
     assert huber.item() == pytest.approx(((0.5 + 0) / 2 + (0 + 1.5) / 2) / 2)
 
 
+def test_frobenius_loss_is_the_physical_error_norm_and_rotation_invariant():
+    import irreptensor as it
+
+    rng = np.random.default_rng(0)
+    scale = torch.tensor([4.0, 2.0, 2.0, 2.0, 2.0, 2.0], dtype=torch.float64)  # dielectric 0e + 2e
+    pred = torch.as_tensor(rng.normal(size=(5, 6)), dtype=torch.float64)
+    target = torch.as_tensor(rng.normal(size=(5, 6)), dtype=torch.float64)
+    mask = torch.tensor([True, True, False, True, True])
+    loss = masked_loss(pred, target, mask, "frobenius", scale=scale)
+    # physical Cartesian error: normalized difference times the scale, composed to 3x3
+    err = it.compose(((pred - target) * scale).numpy(), "dielectric")
+    frob = np.sqrt((err**2).sum(axis=(-2, -1)))[mask.numpy()]
+    assert loss.item() == pytest.approx(frob.mean() / float(scale.pow(2).mean().sqrt()), rel=1e-10)
+    # rotating prediction and target together leaves it unchanged
+    D = torch.as_tensor(it.wigner_D("dielectric", it.random_rotation(seed=1)))
+    rot = masked_loss(pred @ D.T, target @ D.T, mask, "frobenius", scale=torch.full((6,), 2.0, dtype=torch.float64))
+    ref = masked_loss(pred, target, mask, "frobenius", scale=torch.full((6,), 2.0, dtype=torch.float64))
+    assert rot.item() == pytest.approx(ref.item(), rel=1e-12)
+    # finite gradient at a perfect prediction; a clear error without the scale
+    exact = target.clone().requires_grad_(True)
+    masked_loss(exact, target, mask, "frobenius", scale=scale).backward()
+    assert torch.isfinite(exact.grad).all()
+    with pytest.raises(ValueError, match="needs the normalizer scale"):
+        masked_loss(pred, target, mask, "frobenius")
+
+
 def test_masked_loss_all_masked_is_zero_but_connected():
     pred = torch.ones(3, 4, requires_grad=True)
     loss = masked_loss(pred, torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))
