@@ -2,7 +2,7 @@
 # The full transfer study on one GPU machine that has torch/e3nn/lightning but no pymatgen.
 #
 #   irreptensor-ml transfer --preset full --export-cache full.pt      # here, with pymatgen (10 s)
-#   CACHE=full.pt OUT=/tmp/out WORKERS=14 DEADLINE_S=560 bash scripts/run_full_study_gpu.sh   # GPU machine
+#   CACHE=full.pt OUT=/tmp/out WORKERS=15 DEADLINE_S=560 bash scripts/run_full_study_gpu.sh   # GPU machine
 #
 # 1. a smoke run (every strategy, 3 batches, on the GPU) that stops the script early if the CUDA path breaks;
 # 2. the study itself, stopped if unfinished so that the script ends within DEADLINE_S seconds (finished runs are stored; rerunning
@@ -10,14 +10,14 @@
 # 3. the report and the exported models (--export-models) when every run finished;
 # Options: SMOKE=0 skips step 1; RESUME=DIR unpacks DIR/runs.tgz and DIR/models.tgz (a previous call's
 # archives) into RESULTS first; MPS=1 starts CUDA MPS so the workers' kernels share the GPU concurrently
-# (falls back to plain time-slicing if MPS does not start).
+# (default; falls back to plain time-slicing if MPS does not start; MPS=0 to skip).
 # 4. $OUT gets: env.txt, times.txt, gpu_util.txt (every 10 s), study.log, runs.tgz (records + test predictions + report),
 #    models.tgz (the models trained on all training data: pretraining + fraction 1, every seed).
 set -u
 OUT=${OUT:-/tmp/full_out}; mkdir -p "$OUT"
 CACHE=${CACHE:-full.pt}
 R=${RESULTS:-/tmp/transfer_full}
-W=${WORKERS:-14}
+W=${WORKERS:-15}
 DEADLINE_S=${DEADLINE_S:-560}   # the whole script, smoke and report included
 START=$(date +%s)
 EXTRA=${EXTRA:-}              # more --set options (tests of this script)
@@ -31,7 +31,7 @@ if [ -n "${RESUME:-}" ]; then
   mkdir -p "$R" && for f in "$RESUME"/runs.tgz "$RESUME"/models.tgz; do tar xzf "$f" -C "$R" || exit 4; done
   echo "resumed: $(ls "$R"/runs | wc -l) stored runs" >> "$OUT/times.txt"
 fi
-if [ "${MPS:-0}" = 1 ]; then
+if [ "${MPS:-1}" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
   mkdir -p /tmp/mps_pipe /tmp/mps_log
   if nvidia-cuda-mps-control -d && timeout 30 python -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
@@ -63,6 +63,7 @@ timeout --signal=INT --kill-after=15 "$BUDGET_S" $STUDY --results-dir "$R" --wor
 rc=$?
 echo "study rc=$rc s=$(( $(date +%s) - t0 ))" >> "$OUT/times.txt"
 kill %1 2>/dev/null
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 tar czf "$OUT/runs.tgz" -C "$R" --exclude=models --exclude=export --exclude='*.pt' . 2>/dev/null
 (cd "$R" && tar czf "$OUT/models.tgz" $(ls models/pretrain-*.pt models/*-f1-s*.pt 2>/dev/null) $(ls -d export 2>/dev/null))
 ls -la "$OUT" >> "$OUT/times.txt"
