@@ -1,9 +1,10 @@
 """``decompose`` (Cartesian -> irreps coordinates) and ``compose`` (the inverse), numpy and torch.
 
-One matrix product with the stored float64 basis each way. The input checks ride on quantities the
-product needs anyway: the per-tensor squared norms ``|T|^2`` and ``|x|^2`` give both the finiteness test
-and the distance from the symmetric subspace, ``|T - P T|^2 = |T|^2 - |x|^2``, so checking costs one
-pass over the data instead of one per index symmetry.
+One matrix product with the stored float64 basis each way. The input checks of ``decompose`` ride on
+the per-tensor squared norms ``|T|^2`` and ``|x|^2``: they give both the finiteness test and the distance
+from the symmetric subspace, ``|T - P T|^2 = |T|^2 - |x|^2``, so checking costs one norm per tensor instead
+of one pass per index symmetry. For numpy input the norms are taken chunk by chunk right after each chunk's
+product, while the chunk is still in cache, so the check adds no second pass over ``T`` from memory.
 """
 
 from __future__ import annotations
@@ -69,32 +70,77 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
     T, batch = _cartesian(T, k)
     Q = float_basis(k)
     flat = T.reshape(-1, Q.shape[1])
-    Qt = constant(("basisT", k.key), Q.T, flat)
-    x = flat @ Qt
-    _check(flat, x, k, batch, symmetrize, DEFAULT_SYMMETRY_TOL if tol is None else tol)
+    if is_torch(flat):
+        x = flat @ constant(("basisT", k.key), Q.T, flat)
+        t2, x2 = _torch_norms(flat, x, k)
+    else:
+        x, t2, x2 = _project_numpy(flat, k)
+    _check(flat, t2, x2, k, batch, symmetrize, DEFAULT_SYMMETRY_TOL if tol is None else tol)
     return x.reshape(*batch, Q.shape[0])
 
 
-def _check(flat, x, k: TensorKind, batch, symmetrize: bool, tol: float) -> None:
-    """Raise on non-finite input or on asymmetry beyond ``tol`` (relative Frobenius)."""
-    if is_torch(flat):
-        import torch
+_CHUNK_BYTES = 16 << 20
+"""Bytes of ``T`` per chunk of :func:`_project_numpy`: small enough to stay in the last-level cache between
+the product and the norm pass, large enough that few BLAS calls (each a thread hand-off when BLAS runs
+threaded, costly on a busy machine) cover a large batch."""
 
-        with torch.no_grad():
-            f64 = flat.detach().double()
-            if flat.dtype == torch.float64:
-                x64 = x.detach()  # already the float64 product
-            else:  # float32: recompute the coordinates in float64 so the residual is meaningful
-                x64 = f64 @ constant(("basisT", k.key), float_basis(k).T, f64)
-            t2 = (f64 * f64).sum(-1).cpu().numpy()
-            x2 = (x64 * x64).sum(-1).cpu().numpy()
-    else:
-        t2 = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-        if flat.dtype == np.float64:
-            x2 = np.einsum("ij,ij->i", x, x)
+
+def _project_numpy(flat: np.ndarray, k: TensorKind):
+    """``x = flat @ Q^T`` with the per-row ``|T|^2`` and ``|x|^2`` (float64) in the same pass over ``flat``.
+
+    ``flat`` is ``(N, 3**rank)``. Chunk by chunk: the chunk's product (one BLAS call, threaded as BLAS
+    sees fit, like a plain ``flat @ Q^T``), then its two norms while the chunk is still in cache, instead
+    of a second pass over the whole of ``T`` from memory.
+
+    Returns:
+        ``(x (N, dim) of flat's dtype, t2 (N,), x2 (N,))``; for float32 input ``x2`` comes from a float64
+        product, so that ``t2 - x2`` measures the asymmetry and not float32 rounding.
+    """
+    Q = float_basis(k)
+    n, K = flat.shape
+    QT = constant(("basisT", k.key), Q.T, flat)
+    x = np.empty((n, Q.shape[0]), dtype=flat.dtype)
+    t2 = np.empty(n)
+    x2 = np.empty(n)
+    step = max(1, _CHUNK_BYTES // (K * flat.itemsize))
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        Tc, xc = flat[s:e], x[s:e]
+        np.matmul(Tc, QT, out=xc)
+        _row_dots(Tc, t2[s:e])
+        if flat.dtype != np.float64:
+            xc = Tc.astype(np.float64) @ constant(("basisT", k.key), Q.T, Q)
+        _row_dots(xc, x2[s:e])
+    return x, t2, x2
+
+
+def _row_dots(a: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = sum_j a[i, j]**2`` accumulated in float64 (``np.vecdot`` where numpy has it: 1.7x faster
+    than ``einsum`` on rows of 81)."""
+    if hasattr(np, "vecdot"):
+        np.vecdot(a, a, out=out, dtype=np.float64)
+    else:  # numpy < 2.0
+        np.einsum("ij,ij->i", a, a, out=out, dtype=np.float64)
+
+
+def _torch_norms(flat, x, k: TensorKind):
+    """Per-row ``|T|^2`` and ``|x|^2`` of torch input as float64 numpy (float32: ``x`` recomputed in float64)."""
+    import torch
+
+    with torch.no_grad():
+        f64 = flat.detach().double()
+        if flat.dtype == torch.float64:
+            x64 = x.detach()  # already the float64 product
         else:
-            x64 = flat.astype(np.float64) @ float_basis(k).T
-            x2 = np.einsum("ij,ij->i", x64, x64)
+            x64 = f64 @ constant(("basisT", k.key), float_basis(k).T, f64)
+        return (f64 * f64).sum(-1).cpu().numpy(), (x64 * x64).sum(-1).cpu().numpy()
+
+
+def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetrize: bool, tol: float) -> None:
+    """Raise on non-finite input or on asymmetry beyond ``tol`` (relative Frobenius).
+
+    ``t2`` and ``x2`` are the per-tensor ``|T|^2`` and ``|x|^2``: their difference is ``|T - P T|^2``.
+    """
     total = t2.sum()
     if not np.isfinite(total):
         bad = ~np.isfinite(to_numpy64(flat)).all(-1)

@@ -26,13 +26,13 @@ Parity: e3nn's ``D_from_matrix`` uses ``D^l(P)`` and multiplies the blocks of od
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._blas import block_rows, default_threads, matmul_rows, run_chunks
 from .backend import constant, is_torch, take_last
 from .basis import _float_basis, blocks
 from .kinds import TensorKind, get_kind
@@ -145,11 +145,6 @@ _PREFACTOR_EXPONENTS = {
     None: (0, 0, 0, 0), "wxyz": (1, 1, 1, 1), "wx": (1, 1, 0, 0), "yz": (0, 0, 1, 1),
     "wy": (1, 0, 1, 0), "xz": (0, 1, 0, 1), "wz": (1, 0, 0, 1), "xy": (0, 1, 1, 0),
 }
-# rows per single-threaded BLAS call. OpenBLAS threads a GEMM once m*n*k > 4 * 65536; for these thin
-# products (k <= 45, n <= 21) the threads' hand-off costs more than the product, and on a busy machine
-# far more (measured 8 ms vs 0.7 ms of CPU for (8192, 45) @ (45, 21)). A batched matmul over blocks of
-# _GEMM_ROWS rows makes one small, unthreaded call per block.
-_GEMM_ROWS = 256
 
 
 @lru_cache(maxsize=None)
@@ -271,19 +266,6 @@ def _quaternion_D_torch(Pt, ls, like) -> dict:
     return out
 
 
-def _gemm_rows(M, C, out) -> None:
-    """``out (c, n) = M.T @ C`` for ``M (K, c)`` (one row per monomial), as one unthreaded BLAS call per
-    ``_GEMM_ROWS`` rotations (a batched matmul over row blocks); ``out`` may be a column slice."""
-    K, c = M.shape
-    main = c - c % _GEMM_ROWS
-    if main:
-        nb = main // _GEMM_ROWS
-        np.matmul(M[:, :main].reshape(K, nb, _GEMM_ROWS).transpose(1, 2, 0), C,
-                  out=out[:main].reshape(nb, _GEMM_ROWS, out.shape[1]))
-    if main < c:
-        np.matmul(M[:, main:].T, C, out=out[main:])
-
-
 class _NumpyWorkspace:
     """Buffers for one ``wigner_D`` call on numpy input, sized for ``step`` rotations, reused per chunk.
 
@@ -305,7 +287,14 @@ class _NumpyWorkspace:
         self.S = {0: np.ones((1, step), dtype), 1: self.pairs[:4]}
         for k in range(2, kmax + 1):
             self.S[k] = self.M[k, 0][: _n_mono(k)] if k in ls else np.empty((_n_mono(k), step), dtype)
+        # the classes whose head S_k is already in place (S_l is built into class 0 of l)
+        self.in_place = {(l, 0) for l in ls if l >= 2 and np.shares_memory(self.S[l], self.M[l, 0])}
         self.G = {l: np.empty((step, (2 * l + 1) ** 2), dtype) for l in ls}
+        # rotations per BLAS call: the whole chunk, or blocks small enough to stay unthreaded
+        self.rows = {0: block_rows(9, 10, step)}
+        for l in ls:
+            for g, (_, C, _, _) in enumerate(_plan(l)[0]):
+                self.rows[l, g] = block_rows(*C.shape, step)
         self.D = {l: np.empty((step, (2 * l + 1) ** 2), dtype) for l in ls}
 
     def compute(self, Rc, dc) -> dict:
@@ -314,7 +303,7 @@ class _NumpyWorkspace:
         Pt, pairs, wxyz = self.Pt[:, :c], self.pairs[:, :c], self.wxyz[:c]
         np.multiply(Rc.reshape(c, 9).T, dc, out=Pt)
         A, b = _pair_affine()
-        _gemm_rows(Pt, constant(("wignerAT",), A.T, Pt), pairs.T)
+        matmul_rows(Pt.T, constant(("wignerAT",), A.T, Pt), pairs.T, self.rows[0])
         pairs += constant(("wignerb",), b[:, None], Pt)
         np.multiply(pairs[4], pairs[5], out=wxyz)
         S = {k: v[:, :c] for k, v in self.S.items()}
@@ -334,12 +323,12 @@ class _NumpyWorkspace:
                 for p, k in factors:
                     n = _n_mono(k)
                     if p is None:
-                        if not np.shares_memory(M, S[k]):
+                        if (l, g) not in self.in_place:
                             M[o:o + n] = S[k]
                     else:
                         np.multiply(wxyz if p == "wxyz" else pairs[_PAIR_ROW[p]], S[k], out=M[o:o + n])
                     o += n
-                _gemm_rows(M, constant(("wignerQ", l, g), C, Pt), G[:, a:z])
+                matmul_rows(M.T, constant(("wignerQ", l, g), C, Pt), G[:, a:z], self.rows[l, g])
             D = self.D[l][:c]
             np.take(G, order, axis=1, out=D, mode="clip")  # indices are valid; "clip" skips the checks (1.7x)
             d = 2 * l + 1
@@ -373,7 +362,7 @@ def _blocks_of(kind, parity):
 
 
 def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk: int = 2048,
-             threads: int = 1):
+             threads: int | None = 1):
     """Representation matrices of rotations/reflections on a kind's irreps coordinates.
 
     ``decompose(rotate(T, R)) == wigner_D(kind, R) @ decompose(T)``; the same matrices as e3nn's
@@ -388,11 +377,10 @@ def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk
         chunk: rotations per block of work on numpy input (keeps the temporaries in cache). Torch input
             that needs a graph (``requires_grad`` with grad enabled) or lives off the CPU is processed in
             one block by torch ops; other CPU torch input goes through the numpy path (zero-copy).
-        threads: worker threads for numpy input with many chunks (``None``: ``min(4, usable CPUs)``). Each
-            thread fills whole chunks of the output. Default 1 (the calling thread): the chunks are many
-            short numpy calls that hold the GIL in between. For 100,000 rotations 4 threads gave 2.6x less
-            wall time on an idle 16-core Xeon (79 vs 209 ms) and nothing on a busy 2-core VM (143 vs
-            138 ms, 23% more CPU time).
+        threads: worker threads for numpy input with several chunks; ``None``: as many as BLAS would use
+            (the usable CPUs, capped by ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``).
+            Each thread fills a contiguous run of chunks of the output, including the first touch of its
+            pages. Default 1 (the calling thread). The result does not depend on ``chunk`` or ``threads``.
 
     Returns:
         ``(..., dim, dim)`` block-diagonal matrices, the array type, dtype and device of ``R``.
@@ -428,39 +416,21 @@ def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk
             out[:, b.start:b.stop, b.start:b.stop] = Ds[b.l] * det[:, None, None] if b.parity == -1 else Ds[b.l]
         return out.reshape(*batch, dim, dim)
 
-    step = max(_GEMM_ROWS, min(int(chunk), n) // _GEMM_ROWS * _GEMM_ROWS) if n else 1
+    step = max(256, min(int(chunk), n) // 256 * 256)
     # np.zeros maps fresh zero pages; only the diagonal blocks are written, straight into them
     out = np.zeros((n, dim, dim), dtype=R.dtype)
     if n == 0:
         return out.reshape(*batch, dim, dim)
     views = {b.start: _row_view(out, b.start, b.dim) for b in blks if b.l > 0}
-    starts = list(range(0, n, step))
-    if threads is None:
-        threads = min(4, _usable_cpus())
-    threads = max(1, min(int(threads), len(starts) // 4))  # only worth it for several chunks each
+    threads = default_threads() if threads is None else int(threads)
 
-    def work(my_starts):
+    def make_work():
         ws = _NumpyWorkspace(fast, step, R.dtype) if fast else None
-        for s in my_starts:
-            _fill_chunk(R[s:s + step], det[s:s + step], s, blks, ws, slow, out, views)
+        return lambda s, e: _fill_chunk(R[s:e], det[s:e], s, blks, ws, slow, out, views)
 
-    if threads == 1:
-        work(starts)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        # numpy's ufunc loops and BLAS release the GIL, so the chunks run in parallel
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, [starts[i::threads] for i in range(threads)]))
+    # numpy's ufunc loops and BLAS release the GIL, so chunks on several threads run in parallel
+    run_chunks(make_work, n, step, threads)
     return out.reshape(*batch, dim, dim)
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under ``taskset``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _fill_chunk(Rc, dc, s: int, blks, ws, slow: list, out, views) -> None:

@@ -174,6 +174,28 @@ def test_symmetrize_projects_and_the_error_names_the_asymmetry():
     it.decompose(ok, "elastic")
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_chunked_product_and_checks(monkeypatch, dtype):
+    """Large batches go chunk by chunk (product, then the norms of the chunk): the same coordinates as one
+    product, and the checks see every chunk (the worst tensor is found in a later chunk)."""
+    from irreptensor import decomposition
+
+    monkeypatch.setattr(decomposition, "_CHUNK_BYTES", 7 * 81 * np.dtype(dtype).itemsize)  # 7 tensors a chunk
+    C = random_tensor("elastic", np.random.default_rng(8), n=30).astype(dtype)
+    x = it.decompose(C, "elastic")
+    ref = C.reshape(30, 81).astype(np.float64) @ it.basis("elastic").T
+    assert x.dtype == dtype
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-3)
+    bad = C.astype(np.float64)
+    bad[23, 0, 1, 2, 2] += 1.0
+    bad[11, 0, 1, 2, 2] += 0.5
+    with pytest.raises(ValueError, match=r"batch index \(23,\) \(2 of 30 tensors"):
+        it.decompose(bad, "elastic")
+    bad[17, 1, 1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"contains NaN at batch index \(17,\)"):
+        it.decompose(bad, "elastic", symmetrize=True)
+
+
 @pytest.mark.parametrize("bad,match", [
     (np.full((3, 3, 3, 3), np.nan), "contains NaN"),
     (np.full((2, 3, 3, 3, 3), np.inf), "contains inf at batch index"),

@@ -231,7 +231,7 @@ def test_batch_shapes_and_empty():
     assert it.wigner_D("elastic", np.zeros((0, 3, 3))).shape == (0, 21, 21)
 
 
-@pytest.mark.parametrize("chunk,threads", [(256, 1), (300, 1), (512, 2), (1 << 20, 1)])
+@pytest.mark.parametrize("chunk,threads", [(256, 1), (300, 1), (512, 2), (256, None), (1 << 20, 1)])
 def test_chunking_and_threads_do_not_change_the_result(chunk, threads):
     """Ragged chunks (1000 = 3 * 256 + 232), several worker threads: bit-identical to one block."""
     R = it.random_rotation(1000, proper=False, seed=9)
