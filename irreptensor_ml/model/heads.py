@@ -59,6 +59,29 @@ def default_head_hidden(irreps_out: o3.Irreps, scalar_mul: int = 16, mul_per_irr
     return o3.Irreps(f"{scalar_mul}x0e") + o3.Irreps([(mul_per_irrep, ir) for ir in types])
 
 
+def _head_irreps(owner: str, irreps_in: Any, irreps_out: Any, irreps_hidden: Any) -> tuple[o3.Irreps, o3.Irreps, o3.Irreps]:
+    """Parsed ``(irreps_in, irreps_out, hidden)`` of a head (hidden defaults to
+    :func:`default_head_hidden`); ``ValueError`` naming ``owner`` and the inputs if one does not parse."""
+    try:
+        ins, out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        hidden = default_head_hidden(out) if irreps_hidden is None else o3.Irreps(irreps_hidden)
+        return ins, out, hidden.sort().irreps.simplify()
+    except (ValueError, AssertionError) as exc:
+        raise ValueError(
+            f"{owner}: bad irreps (irreps_in={irreps_in!r}, irreps_out={irreps_out!r}, "
+            f"irreps_hidden={irreps_hidden!r})"
+        ) from exc
+
+
+def _hidden_gate(hidden: o3.Irreps) -> Gate:
+    """Gate over ``hidden``: SiLU/tanh on even/odd scalars, sigmoid-gated higher irreps."""
+    scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l > 0])
+    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+    return Gate(scalars, acts, gates, [torch.sigmoid] if gated.num_irreps else [], gated)
+
+
 class TensorHead(nn.Module):
     """Gated equivariant MLP on atoms followed by mean pooling over each crystal (head type
     ``"linear"``).
@@ -79,19 +102,7 @@ class TensorHead(nn.Module):
         irreps_hidden: o3.Irreps | str | None = None,
     ) -> None:
         super().__init__()
-        try:
-            self.irreps_in = o3.Irreps(irreps_in)
-            self.irreps_out = o3.Irreps(irreps_out)
-            hidden = (
-                default_head_hidden(self.irreps_out)
-                if irreps_hidden is None
-                else o3.Irreps(irreps_hidden)
-            ).sort().irreps.simplify()
-        except (ValueError, AssertionError) as exc:
-            raise ValueError(
-                f"TensorHead: bad irreps (irreps_in={irreps_in!r}, irreps_out={irreps_out!r}, "
-                f"irreps_hidden={irreps_hidden!r})"
-            ) from exc
+        self.irreps_in, self.irreps_out, hidden = _head_irreps("TensorHead", irreps_in, irreps_out, irreps_hidden)
         available = {ir for _, ir in self.irreps_in}
         for name, irreps in (("irreps_out", self.irreps_out), ("irreps_hidden", hidden)):
             missing = sorted({str(ir) for _, ir in irreps if ir not in available})
@@ -102,11 +113,7 @@ class TensorHead(nn.Module):
                 )
         self.irreps_hidden = hidden
 
-        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l == 0])
-        gated = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l > 0])
-        acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
-        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, acts, gates, [torch.sigmoid] if gated.num_irreps else [], gated)
+        self.gate = _hidden_gate(hidden)
         self.linear_in = o3.Linear(self.irreps_in, self.gate.irreps_in)
         self.linear_out = o3.Linear(self.gate.irreps_out, self.irreps_out, biases=True)
 
@@ -168,17 +175,8 @@ class TensorProductHead(nn.Module):
         input_norm: bool = True,
     ) -> None:
         super().__init__()
-        try:
-            self.irreps_in = o3.Irreps(irreps_in)
-            self.irreps_out = o3.Irreps(irreps_out)
-            hidden = (
-                default_head_hidden(self.irreps_out) if irreps_hidden is None else o3.Irreps(irreps_hidden)
-            ).sort().irreps.simplify()
-        except (ValueError, AssertionError) as exc:
-            raise ValueError(
-                f"TensorProductHead: bad irreps (irreps_in={irreps_in!r}, irreps_out={irreps_out!r}, "
-                f"irreps_hidden={irreps_hidden!r})"
-            ) from exc
+        self.irreps_in, self.irreps_out, hidden = _head_irreps(
+            "TensorProductHead", irreps_in, irreps_out, irreps_hidden)
         if int(mul_square) < 1:
             raise ValueError(f"TensorProductHead: mul_square must be >= 1, got {mul_square}")
         reachable = square_reachable(self.irreps_in)
@@ -203,11 +201,7 @@ class TensorProductHead(nn.Module):
             "input_norm": bool(input_norm),
         }
 
-        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l == 0])
-        gated = o3.Irreps([(mul, ir) for mul, ir in hidden if ir.l > 0])
-        acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
-        gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, acts, gates, [torch.sigmoid] if gated.num_irreps else [], gated)
+        self.gate = _hidden_gate(hidden)
         irreps_square = o3.Irreps([(self.mul_square, ir) for ir in sorted({ir for _, ir in self.irreps_in})])
         self.norm = BatchNorm(self.irreps_in) if input_norm else nn.Identity()
         self.linear_in = o3.Linear(self.irreps_in, self.gate.irreps_in)
