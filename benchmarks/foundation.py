@@ -40,15 +40,9 @@ if str(_REPO) not in sys.path and (_REPO / "irreptensor_ml").is_dir():
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform(),
+    from irreptensor_ml.train.provenance import cpu_model
+
+    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
             "load_average_start": list(os.getloadavg())}
 
