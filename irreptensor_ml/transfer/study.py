@@ -48,6 +48,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -374,8 +375,27 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
+def exit_with_parent(interval: float = 2.0) -> threading.Thread:
+    """End this (worker) process once its parent is gone.
+
+    A study killed without a chance to stop its pool (``SIGKILL``, ``timeout --kill-after``) would
+    otherwise leave its spawned workers waiting forever on a dead pipe, holding memory and GPU contexts.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def _worker_init(data_path: str) -> None:
     global _WORKER_DATA
+    exit_with_parent()
     _quiet()
     _WORKER_DATA = StudyData.load(data_path)
 

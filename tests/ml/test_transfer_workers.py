@@ -1,0 +1,47 @@
+"""Worker processes of a multi-process study end when the study process is killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+_PARENT = r"""
+import concurrent.futures as cf, multiprocessing, os, sys, time
+from irreptensor_ml.transfer.study import exit_with_parent
+
+def init():
+    exit_with_parent(interval=0.2)
+
+def pid_then_sleep():
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init)
+    print(pool.submit(pid_then_sleep).result(), flush=True)
+    pool.submit(time.sleep, 600)
+    time.sleep(0.5)
+    os._exit(0)  # die like a killed process: no pool shutdown
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX parent-pid semantics")
+def test_worker_exits_when_the_study_process_dies(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    worker = int(out.stdout.split()[0])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, 9)
+    pytest.fail(f"worker {worker} outlived its parent by 20 s")
