@@ -221,7 +221,6 @@ def wigner(n: int, repeats: int) -> dict:
     from e3nn import o3
 
     import irreptensor as it
-
     from irreptensor._blas import default_threads
 
     R = it.random_rotation(n, seed=1)

@@ -174,13 +174,18 @@ def test_symmetrize_projects_and_the_error_names_the_asymmetry():
     it.decompose(ok, "elastic")
 
 
+@pytest.mark.parametrize("busy", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_chunked_product_and_checks(monkeypatch, dtype):
-    """Large batches go chunk by chunk (product, then the norms of the chunk): the same coordinates as one
-    product, and the checks see every chunk (the worst tensor is found in a later chunk)."""
+def test_chunked_product_and_checks(monkeypatch, dtype, busy):
+    """Large batches go chunk by chunk (norms and product of a chunk together): the same coordinates as one
+    product, and the checks see every chunk (the worst tensor is found in a later chunk). ``busy``: the
+    switch to larger chunks after the first one (taken when BLAS threads are slow to start)."""
     from irreptensor import decomposition
 
-    monkeypatch.setattr(decomposition, "_CHUNK_BYTES", 7 * 81 * np.dtype(dtype).itemsize)  # 7 tensors a chunk
+    size = 7 * 81 * np.dtype(dtype).itemsize  # 7 tensors a chunk, 12 once "busy"
+    monkeypatch.setattr(decomposition, "_CHUNK_BYTES", size)
+    monkeypatch.setattr(decomposition, "_BUSY_CHUNK_BYTES", size * 12 // 7)
+    monkeypatch.setattr(decomposition, "_BUSY_RATIO", 0.0 if busy else np.inf)
     C = random_tensor("elastic", np.random.default_rng(8), n=30).astype(dtype)
     x = it.decompose(C, "elastic")
     ref = C.reshape(30, 81).astype(np.float64) @ it.basis("elastic").T
