@@ -3,6 +3,7 @@
 Examples::
 
     irreptensor-ml transfer --preset quick                      # ~quick study on the shipped data, prints the table
+    irreptensor-ml transfer --preset full-cpu                   # full protocol, small model, 2 CPU cores
     irreptensor-ml transfer --preset full --workers 8           # full study (GPU if present), resumable
     irreptensor-ml transfer --preset foundation                 # SevenNet-0 trunk vs scratch (foundation extra)
     irreptensor-ml transfer --preset full --export-cache full.pt        # on a machine with pymatgen
@@ -31,7 +32,7 @@ PROG = "irreptensor-ml transfer"
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, choices=("quick", "full", "foundation"),
+    src.add_argument("--preset", default=None, choices=("quick", "full", "full-cpu", "foundation"),
                      help="shipped study preset (default: quick)")
     src.add_argument("--config", default=None, help="study YAML (merged over the defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -1,4 +1,5 @@
-"""Transfer-study configuration: defaults, the shipped ``quick`` and ``full`` presets, validation.
+"""Transfer-study configuration: defaults, the shipped presets (``quick``, ``full``, ``full-cpu``,
+``foundation``), validation.
 
 A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULTS` for values):
 
@@ -55,6 +56,7 @@ __all__ = ["DEFAULTS", "PRESETS", "load_study_config", "preset_path", "validate_
 PRESETS: dict[str, str] = {
     "quick": "transfer_quick.yaml",
     "full": "transfer_full.yaml",
+    "full-cpu": "transfer_full_cpu.yaml",
     "foundation": "transfer_foundation.yaml",
 }
 
@@ -103,7 +105,7 @@ _STRATEGY_KEYS = ("trunk_lr_scale",)
 
 
 def preset_path(name: str) -> Path:
-    """Path of a shipped preset YAML (``quick``, ``full`` or ``foundation``)."""
+    """Path of a shipped preset YAML (a key of :data:`PRESETS`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown transfer preset {name!r}; shipped presets: {sorted(PRESETS)}")
     from irreptensor_ml.train.config import CONFIG_DIR

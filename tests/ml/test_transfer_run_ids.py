@@ -91,3 +91,20 @@ def test_foundation_preset_shares_the_full_scratch_runs():
         f"{s}-{t}" for s in ("foundation-frozen", "foundation-finetune")
         for t in ("elastic", "dielectric", "piezoelectric")
     } | {"scratch-elastic"}
+
+
+def test_full_cpu_preset_reuses_the_quick_runs():
+    """``full-cpu`` is the full protocol with the quick preset's model and settings: the quick
+    study's pretraining run and its fraction-1 runs are candidate 0 of the CPU study's tuning, with
+    the same ids (so ``reuse_runs_from`` copies them instead of training them again)."""
+    quick = load_study_config("quick")
+    cpu = load_study_config("full-cpu")
+    assert cpu["train"] == quick["train"] and cpu["pretrain"] == quick["pretrain"]
+    assert cpu["fractions"] == load_study_config("full")["fractions"] and len(cpu["seeds"]) >= 3
+    data = synthetic_study_data(cpu)
+    assert synthetic_study_data(quick).fingerprint == data.fingerprint
+    cpu_ids = set(planned_run_ids(cpu, data))
+    quick_ids = planned_run_ids(quick, data)
+    shared = [i for i in quick_ids if re.search(r"-f1-s0-|^pretrain-", i)]
+    assert len(shared) == 1 + 5 * 2  # pretraining + strategies x targets at fraction 1, seed 0
+    assert set(shared) <= cpu_ids

@@ -260,7 +260,7 @@ def test_config_validation_names_bad_settings():
         load_study_config({**MICRO, "targets": ["elastic"]})
     with pytest.raises(ValueError, match="scratch"):
         load_study_config({**MICRO, "strategies": ["frozen"]})
-    for name in ("quick", "full"):
+    for name in ("quick", "full", "full-cpu"):
         cfg = load_study_config(name)
         assert set(cfg["strategies"]) == set(STRATEGIES) and cfg["targets"] == ["dielectric", "piezoelectric"]
     full = load_study_config("full")
