@@ -32,7 +32,7 @@ PROG = "irreptensor-ml transfer"
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, choices=("quick", "full", "full-cpu", "foundation"),
+    src.add_argument("--preset", default=None, choices=("quick", "full", "full-cpu", "foundation", "foundation-cpu"),
                      help="shipped study preset (default: quick)")
     src.add_argument("--config", default=None, help="study YAML (merged over the defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

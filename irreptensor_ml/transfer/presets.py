@@ -58,6 +58,7 @@ PRESETS: dict[str, str] = {
     "full": "transfer_full.yaml",
     "full-cpu": "transfer_full_cpu.yaml",
     "foundation": "transfer_foundation.yaml",
+    "foundation-cpu": "transfer_foundation_cpu.yaml",
 }
 
 DEFAULTS: dict[str, Any] = {

@@ -108,3 +108,22 @@ def test_full_cpu_preset_reuses_the_quick_runs():
     shared = [i for i in quick_ids if re.search(r"-f1-s0-|^pretrain-", i)]
     assert len(shared) == 1 + 5 * 2  # pretraining + strategies x targets at fraction 1, seed 0
     assert set(shared) <= cpu_ids
+
+
+def test_foundation_cpu_preset_matches_its_references():
+    """``foundation-cpu``: the foundation preset's data (5 A graphs, so the feature cache is shared)
+    and foundation settings, the full-cpu preset's training settings and scratch candidates."""
+    cpu = load_study_config("foundation-cpu")
+    gpu = load_study_config("foundation")
+    full_cpu = load_study_config("full-cpu")
+    assert {k: v for k, v in cpu["data"].items() if k != "batch_size"} == {
+        k: v for k, v in gpu["data"].items() if k != "batch_size"}
+    assert cpu["foundation"] == gpu["foundation"] and cpu["fractions"] == gpu["fractions"]
+    trunk = dict(cpu["train"]["model"]["trunk"])
+    ref = dict(full_cpu["train"]["model"]["trunk"])
+    assert trunk.pop("avg_num_neighbors") > ref.pop("avg_num_neighbors") and trunk == ref
+    assert {k: v for k, v in cpu["train"].items() if k != "model"} == {
+        k: v for k, v in full_cpu["train"].items() if k != "model"}
+    assert cpu["tuning"]["candidates"]["scratch"] == full_cpu["tuning"]["candidates"]["scratch"]
+    assert set(cpu["strategies"]) == {"scratch", "foundation-frozen"}
+    assert cpu["targets"] == ["elastic", "dielectric", "piezoelectric"]
