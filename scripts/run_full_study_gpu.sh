@@ -11,6 +11,8 @@
 # Options: SMOKE=0 skips step 1; RESUME=DIR unpacks DIR/runs.tgz and DIR/models.tgz (a previous call's
 # archives) into RESULTS first; MPS=1 starts CUDA MPS so the workers' kernels share the GPU concurrently
 # (default; falls back to plain time-slicing if MPS does not start; MPS=0 to skip).
+# PRESET=foundation runs the foundation study instead (default full); it needs the foundation extra:
+# WHEELS=DIR installs the wheels of scripts/foundation_wheels.py from DIR first (into /tmp/site).
 # 4. $OUT gets: env.txt, times.txt, gpu_util.txt (every 10 s), study.log, runs.tgz (records + test predictions + report),
 #    models.tgz (the models trained on all training data: pretraining + fraction 1, every seed).
 set -u
@@ -22,9 +24,18 @@ DEADLINE_S=${DEADLINE_S:-560}   # the whole script, smoke and report included
 START=$(date +%s)
 EXTRA=${EXTRA:-}              # more --set options (tests of this script)
 export PYTHONUNBUFFERED=1
-STUDY="python -m irreptensor_ml.transfer --preset full --from-cache $CACHE --set train.trainer.num_threads=1 $EXTRA"
+PRESET=${PRESET:-full}
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    || exit 5
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# the smoke run and the study share the foundation trunk's feature cache (computed once, not archived)
+mkdir -p "$R/features" /tmp/smoke && ln -sfn "$R/features" /tmp/smoke/features
+STUDY="python -m irreptensor_ml.transfer --preset $PRESET --from-cache $CACHE --set train.trainer.num_threads=1 $EXTRA"
 { nvidia-smi -L; nproc; python -c "import pymatgen" 2>&1 | tail -1
   python -c "import torch, e3nn, lightning; print(torch.__version__, e3nn.__version__, lightning.__version__, torch.cuda.is_available())"
+  python -c "import sevenn; print('sevenn', sevenn.__version__)" 2>&1 | tail -1
 } > "$OUT/env.txt" 2>&1
 
 if [ -n "${RESUME:-}" ]; then
