@@ -56,7 +56,9 @@ fi
 
 if [ "${SMOKE:-1}" = 1 ]; then
   t0=$(date +%s)
-  timeout "${SMOKE_S:-100}" $STUDY --results-dir /tmp/smoke --workers "${SMOKE_W:-10}" --set seeds=[0] \
+  # the foundation smoke run also computes the trunk features of every crystal (kept for the study)
+  [ "$PRESET" = full ] && SMOKE_DEFAULT=100 || SMOKE_DEFAULT=300
+  timeout "${SMOKE_S:-$SMOKE_DEFAULT}" $STUDY --results-dir /tmp/smoke --workers "${SMOKE_W:-10}" --set seeds=[0] \
     --set fractions=[1.0] --set 'tuning.candidates={}' --set train.trainer.max_epochs=1 \
     --set train.trainer.limit_train_batches=3 --set 'pretrain.overrides={"trainer.max_epochs":1}' \
     --set min_train_steps=0 --set train.trainer.limit_val_batches=1 > "$OUT/smoke.log" 2>&1
