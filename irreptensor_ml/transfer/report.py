@@ -371,6 +371,11 @@ def plot_learning_curves(summary: Mapping[str, Any], out_dir: Path) -> list[Path
             m = np.array([by_frac[f]["test"]["frobenius_mae"]["mean"] for f in fs], dtype=float)
             s = np.array([by_frac[f]["test"]["frobenius_mae"]["std"] or 0.0 for f in fs], dtype=float)
             ax.errorbar(100 * x, m, yerr=s, marker="o", capsize=3, label=strat)
+        base = (summary.get("baselines") or {}).get(target) or {}
+        for (name, metrics), style in zip(sorted(base.items()), (":", "--", "-.")):
+            value = metrics.get("frobenius_mae")
+            if value is not None:
+                ax.axhline(value, color="gray", ls=style, lw=1, label=f"baseline: {name.replace('_', ' ')}")
         unit = summary["units"].get(target) or "dimensionless"
         ax.set_xscale("log")
         ticks = sorted({100 * float(f) for by_frac in by_strat.values() for f in by_frac})

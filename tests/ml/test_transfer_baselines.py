@@ -76,3 +76,30 @@ def test_reference_rows_are_read_when_present(tmp_path):
     rows = _reference_rows({"reference_rows": {"elastic": str(f), "dielectric": str(tmp_path / "missing.json")}})
     assert set(rows) == {"elastic"}  # a missing file is left out (with a warning), not an error
     assert rows["elastic"]["metrics"]["frobenius_mae"] == 268.0 and rows["elastic"]["n_done"] == 44
+
+
+def test_learning_curve_draws_the_baselines(tmp_path, monkeypatch):
+    """The learning-curve figure shows each trivial baseline as a labelled horizontal line."""
+    import matplotlib.axes
+
+    from irreptensor_ml.transfer.report import plot_learning_curves
+
+    cell = lambda v: {"test": {"frobenius_mae": {"mean": v, "std": 0.1}}}  # noqa: E731
+    summary = {
+        "results": {"dielectric": {"scratch": {"0.5": cell(25.0), "1.0": cell(21.0)}}},
+        "units": {"dielectric": ""},
+        "config": {"seeds": [0, 1, 2]},
+        "baselines": {"dielectric": {"zero": {"frobenius_mae": 32.8},
+                                     "isotropic_median": {"frobenius_mae": 20.9}}},
+    }
+    lines = []
+    real = matplotlib.axes.Axes.axhline
+
+    def spy(self, y=0, *args, **kwargs):
+        lines.append((y, kwargs.get("label")))
+        return real(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy)
+    (path,) = plot_learning_curves(summary, tmp_path)
+    assert path.is_file() and path.stat().st_size > 0
+    assert sorted(lines) == [(20.9, "baseline: isotropic median"), (32.8, "baseline: zero")]
