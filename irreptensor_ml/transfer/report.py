@@ -216,6 +216,22 @@ def _ci_cell(ci: Mapping[str, Any] | None) -> str:
     return f"{ci['diff']:+.3g} [{ci['low']:+.3g}, {ci['high']:+.3g}] {word}"
 
 
+def _question(summary: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """The report's question line: which pretrained trunks the study's strategies reuse."""
+    targets = ", ".join(cfg["targets"])
+    strategies = list(cfg["strategies"])
+    trunks = []
+    if any(s in strategies for s in ("frozen", "finetune", "multitask")):
+        trunks.append(f"a trunk pretrained on **{summary['pretrain']['property']}** tensors")
+    if any(s.startswith("foundation-") for s in strategies):
+        name = (cfg.get("foundation") or {}).get("trunk", {}).get("foundation", "the foundation model")
+        trunks.append(f"the pretrained layers of the interatomic potential **{name}**")
+    if not trunks:
+        return f"- Question: how well do the strategies {strategies} learn {targets}?"
+    return (f"- Question: does reusing {' or '.join(trunks)} help learn {targets}, compared with training "
+            "from scratch, and which way of reusing it works best?")
+
+
 def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
     """The study as Markdown: setup, elastic metrics, per-target tables, plain-words verdicts and
     links to the figures (``image_prefix`` + file name, e.g. a path relative to the Markdown file)."""
@@ -229,8 +245,7 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
     lines = [
         f"# Transfer learning study `{summary['name']}`",
         "",
-        f"- Question: does a trunk pretrained on **{summary['pretrain']['property']}** tensors help learn "
-        f"{', '.join(cfg['targets'])}, and which way of reusing it works best?",
+        _question(summary, cfg),
         f"- Seeds per point: **{len(seeds)}** {seeds}"
         + (" (ONE seed: no spread over seeds, treat differences with care)" if len(seeds) == 1 else "")
         + f"; fractions of each target's training materials: {', '.join(_fraction_label(f) for f in fractions)}.",

@@ -103,3 +103,15 @@ def test_learning_curve_draws_the_baselines(tmp_path, monkeypatch):
     (path,) = plot_learning_curves(summary, tmp_path)
     assert path.is_file() and path.stat().st_size > 0
     assert sorted(lines) == [(20.9, "baseline: isotropic median"), (32.8, "baseline: zero")]
+
+
+def test_report_question_names_the_reused_trunk():
+    from irreptensor_ml.transfer.presets import load_study_config
+    from irreptensor_ml.transfer.report import _question
+
+    summary = {"pretrain": {"property": "elastic"}}
+    quick = _question(summary, load_study_config("quick"))
+    assert "pretrained on **elastic**" in quick and "7net-0" not in quick
+    foundation = _question(summary, load_study_config("foundation-cpu"))
+    assert "**7net-0**" in foundation and "pretrained on **elastic**" not in foundation
+    assert "elastic, dielectric, piezoelectric" in foundation
