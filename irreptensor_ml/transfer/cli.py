@@ -31,8 +31,10 @@ PROG = "irreptensor-ml transfer"
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from irreptensor_ml.transfer.presets import PRESETS
+
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, choices=("quick", "full", "full-cpu", "foundation", "foundation-cpu"),
+    src.add_argument("--preset", default=None, choices=tuple(PRESETS),
                      help="shipped study preset (default: quick)")
     src.add_argument("--config", default=None, help="study YAML (merged over the defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
