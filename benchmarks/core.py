@@ -246,6 +246,7 @@ def wigner(n: int, repeats: int) -> dict:
     res["speedup_wall_threads"] = res["e3nn"]["wall_median_s"] / res["ours_threads"]["wall_median_s"]
     res["speedup_cpu_threads"] = res["e3nn"]["cpu_median_s"] / res["ours_threads"]["cpu_median_s"]
     res["max_abs_diff_vs_e3nn"] = float(np.abs(ours - ref).max())
+    res["dim"] = dim
     return res
 
 
@@ -314,7 +315,7 @@ def markdown(res: dict) -> str:
                     f">= 50x: {ok} (threads={t}: {ok_t}) |")
         if "output_floor" in r:
             f = r["output_floor"]["wall_median_s"]
-            rows.append(f"| (c) floor: allocate and write a fresh {n:,} x 21 x 21 float64 output once | {f * 1e3:.1f} | - | - | 50x e3nn = {r['e3nn']['wall_median_s'] / 50 * 1e3:.1f} ms "
+            rows.append(f"| (c) floor: allocate and write a fresh {n:,} x {r['dim']} x {r['dim']} float64 output once | {f * 1e3:.1f} | - | - | 50x e3nn = {r['e3nn']['wall_median_s'] / 50 * 1e3:.1f} ms "
                         f"= {r['e3nn']['wall_median_s'] / 50 / f:.2f}x this floor | - |")
     if "precision" in res:
         p = res["precision"]

@@ -26,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], list[float]] = defaultdict(list)
     for f in files:
         rec = json.loads(f.read_text())
-        spec = rec.get("spec") or {}
-        strategy = spec.get("strategy") or rec["run_id"].split("-")[0]
-        target = spec.get("target") or "?"
-        times[strategy, target].append(float(rec.get("wall_time_s") or 0.0))
+        try:
+            key = (rec["spec"]["strategy"], rec["spec"]["target"])
+        except (KeyError, TypeError):
+            print(f"{f}: not a run record of a transfer study (no spec.strategy / spec.target)", file=sys.stderr)
+            return 2
+        times[key].append(float(rec.get("wall_time_s") or 0.0))
     print("| strategy | target | runs | median s per run | total s |")
     print("|---|---|---:|---:|---:|")
     for (strategy, target), ts in sorted(times.items()):

@@ -38,6 +38,13 @@ def test_run_times_without_records_is_an_error(tmp_path, capsys):
     assert "no run records" in capsys.readouterr().err
 
 
+def test_run_times_names_a_file_that_is_not_a_run_record(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "odd.json").write_text(json.dumps({"run_id": "x"}))
+    assert _load("run_times").main([str(tmp_path)]) == 2
+    assert "odd.json: not a run record" in capsys.readouterr().err
+
+
 def test_trim_sevenn_keeps_only_sevennet0_and_rewrites_record(tmp_path):
     wheels = _load("foundation_wheels")
     keep = "sevenn/pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth"
