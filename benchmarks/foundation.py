@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("benchmark_foundation.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    start_meta = machine()  # the load average before the measurement
 
     import irreptensor as it
     from irreptensor_ml.data import collate
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("frozen_cached", "finetune", "scratch_full"):
         results[key]["train_ms_per_structure"] = 1e3 * results[key]["seconds"] / len(graphs)
 
-    meta = {**machine(), "load_average_end": list(os.getloadavg()), "threads": args.threads,
+    meta = {**start_meta, "load_average_end": list(os.getloadavg()), "threads": args.threads,
             "n_structures": len(graphs), "mean_atoms": n_atoms / len(graphs), "batch_size": args.batch_size,
             "extract_batch": args.extract_batch, "feature_irreps": str(real_trunk.irreps_out)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,10 @@ class FoundationTrunk(nn.Module):
             irreps = base
         self.irreps_out, columns = _sorting_columns(irreps)
         self.register_buffer("_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        # sevenn hands its model over in eval mode; a new module starts in training mode (the
+        # blocks used here compute the same in both, but Lightning warns about eval-mode modules
+        # when fine-tuning starts).
+        self.train()
 
     @staticmethod
     def _block_index(t: int, num_blocks: int) -> int:

@@ -20,7 +20,10 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
 ``min_train_steps``      lower bound on optimizer steps per run (small fractions get more epochs,
                          see :func:`irreptensor_ml.transfer.runner.epochs_for`); 0 = off.
 ``strategy_settings``    fixed per-strategy overrides (dotted keys; ``trunk_lr_scale`` for
-                         finetune and foundation-finetune).
+                         finetune and foundation-finetune; ``min_train_steps`` replaces the
+                         study's for that strategy; ``start_from: foundation-frozen`` makes each
+                         foundation-finetune run continue the foundation-frozen run of its target,
+                         fraction and seed -- such a strategy has one candidate, no tuning runs).
 ``foundation``           trunk (``FoundationTrunk`` arguments) and head (head config, default a
                          tensor-product head) of the foundation-* strategies; unused otherwise.
 ``reuse_runs_from``      other results directories whose finished runs are copied into this
@@ -59,6 +62,7 @@ PRESETS: dict[str, str] = {
     "full-cpu": "transfer_full_cpu.yaml",
     "foundation": "transfer_foundation.yaml",
     "foundation-cpu": "transfer_foundation_cpu.yaml",
+    "foundation-finetune-cpu": "transfer_foundation_finetune_cpu.yaml",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -103,6 +107,8 @@ _PRETRAINED = ("frozen", "finetune")
 _SCALED = ("finetune", "foundation-finetune")
 _PROPERTIES = ("elastic", "dielectric", "piezoelectric")
 _STRATEGY_KEYS = ("trunk_lr_scale",)
+#: mirrors :data:`irreptensor_ml.transfer.strategies.START_FROM` (no torch import here)
+_START_FROM = {"foundation-finetune": ("foundation-frozen",)}
 
 
 def preset_path(name: str) -> Path:
@@ -245,10 +251,30 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
     settings = config["strategy_settings"]
     if not isinstance(settings, Mapping):
         raise ValueError("strategy_settings must map strategy -> overrides")
+    chained = []
     for strat, over in settings.items():
         if strat not in _STRATEGIES:
             raise ValueError(f"strategy_settings names unknown strategy {strat!r}")
         _check_overrides(strat, over, f"strategy_settings.{strat}")
+        over = dict(over or {})
+        if "min_train_steps" in over and not (
+            isinstance(over["min_train_steps"], int) and not isinstance(over["min_train_steps"], bool)
+            and over["min_train_steps"] >= 0
+        ):
+            raise ValueError(f"strategy_settings.{strat}.min_train_steps must be an integer >= 0, "
+                             f"got {over['min_train_steps']!r}")
+        if "start_from" in over:
+            source = over["start_from"]
+            if source not in _START_FROM.get(strat, ()):
+                raise ValueError(
+                    f"strategy_settings.{strat}.start_from={source!r}: allowed "
+                    + (f"{list(_START_FROM[strat])}" if strat in _START_FROM else "only for "
+                       f"{sorted(_START_FROM)}")
+                )
+            if source not in strategies:
+                raise ValueError(f"strategy_settings.{strat}.start_from={source!r} is not one of the "
+                                 f"study's strategies {strategies}")
+            chained.append(strat)
     tuning = config["tuning"]
     if not 0 < float(tuning["fraction"]) <= 1:
         raise ValueError(f"tuning.fraction must be in (0, 1], got {tuning['fraction']!r}")
@@ -262,7 +288,16 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
             raise ValueError(f"tuning.candidates.{strat} must be a non-empty list of overrides")
         for k, over in enumerate(lst):
             _check_overrides(strat, over, f"tuning.candidates.{strat}[{k}]")
-    sizes = {s: len(cands.get(s) or [{}]) for s in strategies}
+            bad = sorted({"start_from", "min_train_steps"} & set(dict(over)))
+            if bad:
+                raise ValueError(f"tuning.candidates.{strat}[{k}]: {bad} belong in strategy_settings")
+    for strat in chained:
+        if len(cands.get(strat) or [{}]) != 1:
+            raise ValueError(
+                f"tuning.candidates.{strat}: a strategy with start_from has one candidate (it continues "
+                "the tuned runs of its source); remove its candidates"
+            )
+    sizes = {s: len(cands.get(s) or [{}]) for s in strategies if s not in chained}
     if len(set(sizes.values())) > 1:
         raise ValueError(
             f"unequal tuning budget: candidates per strategy {sizes}; give every strategy the same "
@@ -298,6 +333,8 @@ def _check_overrides(strategy: str, over: Any, where: str) -> None:
     if not isinstance(over, Mapping):
         raise ValueError(f"{where} must be a mapping of dotted keys to values, got {over!r}")
     for key, value in flatten_overrides(over).items():
+        if key in ("start_from", "min_train_steps"):
+            continue  # checked with strategy_settings
         if key in _STRATEGY_KEYS:
             if strategy not in _SCALED:
                 raise ValueError(f"{where}: {key} applies only to {' and '.join(_SCALED)}")

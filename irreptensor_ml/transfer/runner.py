@@ -56,6 +56,7 @@ from irreptensor_ml.transfer.strategies import (
     build_module,
     get_strategy,
     heads_for,
+    starts_from_run,
     trunk_state_from_model_state,
 )
 from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
@@ -91,10 +92,15 @@ class RunSpec:
         train_config: resolved training config (``model``, ``loss``, ``optim``, ``trainer``,
             ``data``, ``seed``), with the candidate hyper-parameters applied.
         trunk_lr_scale: trunk learning-rate factor (finetune).
-        pretrain_id: run id of the pretraining run whose trunk is reused (frozen/finetune).
+        pretrain_id: run id of the run this one starts from: the pretraining run whose trunk
+            is reused (frozen/finetune), or, for ``foundation-finetune`` with ``start_from``,
+            the ``foundation-frozen`` run whose whole model (trunk and trained head) it
+            fine-tunes (linear probing, then fine-tuning).
         data_fingerprint: :attr:`StudyData.fingerprint` of the data.
         candidate: index of the tuning candidate (for reports; its settings are in
             ``train_config``/``trunk_lr_scale``).
+        min_train_steps: this run's lower bound on optimizer steps (:func:`epochs_for`);
+            ``None``: the study's ``min_train_steps``.
     """
 
     kind: str
@@ -107,6 +113,7 @@ class RunSpec:
     pretrain_id: str | None = None
     data_fingerprint: str = ""
     candidate: int = 0
+    min_train_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RUN_KINDS:
@@ -120,8 +127,12 @@ class RunSpec:
             raise ValueError("a pretrain run uses strategy 'scratch' and no pretrain_id")
         if strat.pretrained_trunk and self.kind == "transfer" and not self.pretrain_id:
             raise ValueError(f"strategy {self.strategy!r} needs a pretrain_id")
-        if not strat.pretrained_trunk and self.pretrain_id:
+        if not strat.pretrained_trunk and self.pretrain_id and not starts_from_run(strat):
             raise ValueError(f"strategy {self.strategy!r} does not use a pretrained trunk")
+        if self.min_train_steps is not None and not (
+            isinstance(self.min_train_steps, int) and self.min_train_steps >= 0
+        ):
+            raise ValueError(f"RunSpec.min_train_steps must be an integer >= 0, got {self.min_train_steps!r}")
 
     def identity(self) -> dict[str, Any]:
         """The JSON-ready content hashed into :attr:`run_id` (execution-only settings removed)."""
@@ -134,7 +145,9 @@ class RunSpec:
         for key in ("cache_dir", "progress", "num_workers", "data_root"):
             data.pop(key, None)
         cfg["data"] = data
+        extra = {} if self.min_train_steps is None else {"min_train_steps": int(self.min_train_steps)}
         return {
+            **extra,  # only when set, so the ids of runs planned before the field existed stay valid
             "code_version": STUDY_CODE_VERSION,
             "kind": self.kind,
             "strategy": self.strategy,
@@ -369,6 +382,12 @@ def execute_run(
 
     trunk_state = None
     strat = get_strategy(spec.strategy)
+    start_state = None
+    if starts_from_run(strat) and spec.pretrain_id:
+        if pretrained_model is None or not Path(pretrained_model).is_file():
+            raise ValueError(f"run {spec.run_id} starts from run {spec.pretrain_id}, whose model file "
+                             f"{pretrained_model} is missing")
+        start_state = torch.load(pretrained_model, map_location="cpu", weights_only=True)["state_dict"]
     if strat.pretrained_trunk and spec.kind == "transfer":
         if pretrained_model is None or not Path(pretrained_model).is_file():
             raise ValueError(f"run {spec.run_id} needs the pretrained model file, got {pretrained_model}")
@@ -383,11 +402,19 @@ def execute_run(
         )
     finally:
         torch.set_default_dtype(previous)
+    if start_state is not None:
+        try:
+            module.model.load_state_dict(start_state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"run {spec.run_id}: the model of run {spec.pretrain_id} it starts from "
+                             f"does not match its architecture: {exc}") from None
     module = module.to(dtype)
     real_trunk = None
     if _uses_cached_features(spec):  # the frozen trunk's features are read, not recomputed
         real_trunk = module.model.trunk
         module.model.trunk = _cached_trunk(data, real_trunk, spec.target, feature_cache_dir)
+    if spec.min_train_steps is not None:
+        min_train_steps = spec.min_train_steps
     max_epochs, patience = epochs_for(cfg, len(sets["train"]), min_train_steps)
     module.max_epochs = max_epochs  # cosine schedule length follows the scaled epochs
     best = BestState(module.monitor)

@@ -25,7 +25,13 @@ strategy                 trunk at start                   trunk trained?      he
                                                           head trains on      head; target data only
                                                           cached features
 ``foundation-finetune``  SevenNet-0 (pretrained on MPtrj) yes, lr x scale     new tensor-product
-                                                                              head; target data only
+                                                                              head (or, with the
+                                                                              study setting
+                                                                              ``start_from``, the
+                                                                              trained head of the
+                                                                              foundation-frozen
+                                                                              run); target data
+                                                                              only
 =======================  ===============================  ==================  =====================
 
 The five study strategies share one architecture (the study's ``model`` settings) and the training loop
@@ -58,7 +64,9 @@ __all__ = [
     "TransferLightningModule",
     "build_module",
     "foundation_model_config",
+    "START_FROM",
     "get_strategy",
+    "starts_from_run",
     "trunk_state_from_model_state",
 ]
 
@@ -109,6 +117,18 @@ STRATEGIES: dict[str, Strategy] = {
 
 #: strategies whose trunk is the foundation trunk
 FOUNDATION_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if s.foundation)
+
+#: ``{strategy: strategies whose finished run it may start from}`` (the study's ``start_from``
+#: setting): ``foundation-finetune`` continues the ``foundation-frozen`` run of the same target,
+#: fraction and seed -- its trained head on the pretrained trunk -- and then trains everything
+#: ("linear probing, then fine-tuning": a fresh random head would first pull the pretrained
+#: features towards itself, and needs many more of the expensive fine-tuning steps).
+START_FROM: dict[str, tuple[str, ...]] = {"foundation-finetune": ("foundation-frozen",)}
+
+
+def starts_from_run(strategy: str | Strategy) -> bool:
+    """Whether ``strategy`` may start from another run's whole model (:data:`START_FROM`)."""
+    return (strategy.name if isinstance(strategy, Strategy) else strategy) in START_FROM
 
 def foundation_model_config(
     model: Mapping[str, Any], foundation: Mapping[str, Any], target: str

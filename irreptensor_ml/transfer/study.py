@@ -36,7 +36,8 @@ Phases of :func:`run_study`:
 4. statistics and report (:mod:`.stats`, :mod:`.report`).
 
 With ``workers > 1`` runs execute in that many spawned processes (each loads the study data
-file once); runs that need a pretrained trunk wait for their pretraining run.
+file once); runs that need a pretrained trunk wait for their pretraining run, and runs of a
+strategy with ``start_from`` for the run they continue.
 """
 
 from __future__ import annotations
@@ -278,25 +279,41 @@ def candidates(config: Mapping[str, Any], strategy: str) -> list[dict[str, Any]]
     return [{**fixed, **dict(c)} for c in cands]
 
 
+def start_from(config: Mapping[str, Any], strategy: str) -> str | None:
+    """The strategy whose runs ``strategy``'s runs start from (``strategy_settings`` key
+    ``start_from``), or ``None``."""
+    return dict((config["strategy_settings"] or {}).get(strategy) or {}).get("start_from")
+
+
 def make_spec(
     config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec], strategy: str,
     target: str, fraction: float, seed: int, candidate: int,
+    selection: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> RunSpec:
     """The RunSpec of one transfer run with tuning candidate number ``candidate``.
 
     A foundation strategy's model section is the study's ``foundation`` trunk and head
     (:func:`~irreptensor_ml.transfer.strategies.foundation_model_config`), before the
-    candidate's overrides; the other strategies' specs do not depend on ``foundation``."""
+    candidate's overrides; the other strategies' specs do not depend on ``foundation``.
+    A strategy with ``start_from`` starts from the run of that strategy with the same target,
+    fraction and seed and its ``selection``-chosen candidate (candidate 0 without a selection);
+    its ``min_train_steps`` setting replaces the study's for its runs."""
     strat = get_strategy(strategy)
-    over = candidates(config, strategy)[candidate]
+    over = dict(candidates(config, strategy)[candidate])
+    source = over.pop("start_from", None)
+    min_steps = over.pop("min_train_steps", None)
     base = base_train_config(config, data)
     if strat.foundation:
         base["model"] = foundation_model_config(base["model"], config["foundation"], target)
     cfg, scale = _apply(base, over, seed)
     pre_id = pretrain[pretrain_seed(config, seed)].run_id if strat.pretrained_trunk else None
+    if source is not None:
+        k = int(selection[target][source]["chosen"]) if selection else 0
+        pre_id = make_spec(config, data, pretrain, source, target, fraction, seed, k, selection).run_id
     return RunSpec(
         "transfer", strategy, target, float(fraction), int(seed), cfg, trunk_lr_scale=scale,
         pretrain_id=pre_id, data_fingerprint=data.fingerprint, candidate=int(candidate),
+        min_train_steps=None if min_steps is None else int(min_steps),
     )
 
 
@@ -306,12 +323,15 @@ def tuning_needed(config: Mapping[str, Any]) -> bool:
 
 
 def plan_trials(config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec]) -> list[RunSpec]:
-    """Tuning runs: each candidate x strategy x target at ``tuning.fraction`` x ``tuning.seeds``."""
+    """Tuning runs: each candidate x strategy x target at ``tuning.fraction`` x ``tuning.seeds``
+    (not for a strategy with ``start_from``: it has one candidate and continues the tuned runs of
+    its source)."""
     t = config["tuning"]
     return [
         make_spec(config, data, pretrain, strat, target, float(t["fraction"]), int(seed), k)
         for target in config["targets"]
         for strat in config["strategies"]
+        if start_from(config, strat) is None
         for k in range(len(candidates(config, strat)))
         for seed in t["seeds"]
     ]
@@ -358,7 +378,8 @@ def plan_runs(
             k = int(selection[target][strat]["chosen"]) if selection else 0
             for f in config["fractions"]:
                 for seed in config["seeds"]:
-                    out.append(make_spec(config, data, pretrain, strat, target, float(f), int(seed), k))
+                    out.append(make_spec(config, data, pretrain, strat, target, float(f), int(seed), k,
+                                         selection))
     return out
 
 
@@ -427,7 +448,7 @@ def _do_task(
         pre = store.model_path(spec.pretrain_id) if spec.pretrain_id else None
         record = execute_run(
             spec, data, store.model_path(spec.run_id), pretrained_model=pre,
-            min_train_steps=min_train_steps, eval_batch_size=eval_batch_size,
+            min_train_steps=min_train_steps,  # a spec's own min_train_steps takes precedence eval_batch_size=eval_batch_size,
             feature_cache_dir=store.feature_cache_dir,
         )
         store.save(record)
@@ -501,7 +522,7 @@ def execute_tasks(
             t, work = todo[rid]
             dep = t.spec.pretrain_id
             if dep and store.load(dep) is None:
-                failed[rid] = f"pretraining run {dep} did not finish"
+                failed[rid] = f"run {dep} it starts from did not finish"
                 continue
             try:
                 out = _do_task(t.spec.to_dict(), t.final, work, str(store.root), min_train_steps,
@@ -528,7 +549,7 @@ def execute_tasks(
                 t, work = todo[rid]
                 dep = t.spec.pretrain_id
                 if dep and dep in failed:
-                    failed[rid] = f"pretraining run {dep} failed"
+                    failed[rid] = f"run {dep} it starts from failed"
                     pending.remove(rid)
                     continue
                 if not ready(t):
@@ -539,7 +560,7 @@ def execute_tasks(
                 pending.remove(rid)
             if not running:
                 for rid in pending:  # nothing runnable: dependencies missing
-                    failed[rid] = f"pretraining run {todo[rid][0].spec.pretrain_id} is missing"
+                    failed[rid] = f"run {todo[rid][0].spec.pretrain_id} it starts from is missing"
                 break
             finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
             for fut in finished:

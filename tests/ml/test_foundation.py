@@ -160,6 +160,25 @@ def test_trunk_interface(trunk64):
         assert x[:, sl].abs().max() > 1e-6
 
 
+def test_trunk_starts_in_training_mode_and_modes_agree(trunk64):
+    """Like any new module (Lightning then fine-tunes it without an eval-mode warning); the
+    blocks have no mode-dependent layers, so train and eval give the same features."""
+    pytest.importorskip("sevenn")
+    from irreptensor_ml.foundation import FoundationTrunk
+
+    with _default_dtype(torch.float64):
+        fresh = FoundationTrunk()
+    assert all(m.training for m in fresh.modules())
+    batch = batch_of([polar_structure()])
+    try:
+        with torch.no_grad():
+            train_features = trunk64.train()(batch)
+            eval_features = trunk64.eval()(batch)
+    finally:
+        trunk64.eval()
+    torch.testing.assert_close(train_features, eval_features, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("improper", [False, True])
 def test_trunk_rotation_equivariance(trunk64, improper):
     """Rotating positions, lattice and image shifts rotates the features with the exact D."""
@@ -489,3 +508,109 @@ def test_foundation_study_config_rules():
         load_study_config("foundation", ["strategy_settings={foundation-frozen: {trunk_lr_scale: 0.1}}"])
     with pytest.raises(ValueError, match="unequal tuning budget"):
         load_study_config("foundation", ["tuning.candidates.foundation-frozen=[{optim.lr: 0.01}]"])
+
+
+def _chained_study(tmp_path):
+    """``_foundation_study`` with foundation-finetune starting from foundation-frozen (LP-FT)."""
+    config, data = _foundation_study(tmp_path)
+    config["strategy_settings"] = {"foundation-finetune": {
+        "start_from": "foundation-frozen", "trunk_lr_scale": 0.1, "min_train_steps": 5}}
+    config["tuning"]["candidates"] = {"scratch": [{"optim.lr": 0.01}, {"optim.lr": 0.002}],
+                                      "foundation-frozen": [{"optim.lr": 0.01}, {"optim.lr": 0.02}]}
+    return config, data
+
+
+def test_foundation_finetune_plans_its_start_from_the_chosen_frozen_run(tmp_path):
+    from irreptensor_ml.transfer.study import make_spec, plan_runs, plan_trials
+
+    config, data = _chained_study(tmp_path)
+    trials = plan_trials(config, data, {})
+    assert {s.strategy for s in trials} == {"scratch", "foundation-frozen"}  # no tuning of the chained one
+    for chosen in (0, 1):
+        selection = {t: {s: {"chosen": chosen if s == "foundation-frozen" else 0} for s in config["strategies"]}
+                     for t in config["targets"]}
+        finals = {(s.strategy, s.target, s.fraction, s.seed): s for s in plan_runs(config, data, {}, selection)}
+        for (strategy, target, fraction, seed), spec in finals.items():
+            if strategy != "foundation-finetune":
+                assert spec.min_train_steps is None
+                continue
+            frozen = finals[("foundation-frozen", target, fraction, seed)]
+            assert frozen.candidate == chosen and spec.pretrain_id == frozen.run_id
+            assert spec.min_train_steps == 5 and spec.trunk_lr_scale == 0.1
+    plain = make_spec({**config, "strategy_settings": {"foundation-finetune": {"trunk_lr_scale": 0.1}}},
+                      data, {}, "foundation-finetune", "elastic", 1.0, 0, 0)
+    chained = make_spec(config, data, {}, "foundation-finetune", "elastic", 1.0, 0, 0)
+    assert plain.pretrain_id is None and plain.run_id != chained.run_id
+
+
+def test_foundation_finetune_continues_the_frozen_model(tmp_path):
+    """The fine-tuning run starts from the frozen run's trunk and trained head (with learning rates
+    of ~0 it ends there), takes the spec's min_train_steps, and names a missing start model."""
+    pytest.importorskip("sevenn")
+    from irreptensor_ml.transfer import runner
+    from irreptensor_ml.transfer.study import RunStore, Task, make_spec, prepare_features
+
+    config, data = _chained_study(tmp_path)
+    config["strategy_settings"]["foundation-finetune"].update({"optim.lr": 1e-12, "optim.min_lr": 1e-12})
+    store = RunStore(tmp_path)
+    frozen = make_spec(config, data, {}, "foundation-frozen", "piezoelectric", 1.0, 0, 0)
+    spec = make_spec(config, data, {}, "foundation-finetune", "piezoelectric", 1.0, 0, 0)
+    assert spec.pretrain_id == frozen.run_id
+    prepare_features([Task(frozen, True, "final")], data, store, log=lambda m: None)
+    runner.execute_run(frozen, data, store.model_path(frozen.run_id), feature_cache_dir=store.feature_cache_dir)
+    with pytest.raises(ValueError, match="starts from run .*missing"):
+        runner.execute_run(spec, data, tmp_path / "ft.pt", pretrained_model=tmp_path / "absent.pt")
+    record = runner.execute_run(spec, data, tmp_path / "ft.pt", pretrained_model=store.model_path(frozen.run_id))
+    n_train = record["train"]["n_train_samples"]
+    steps_per_epoch = -(-n_train // int(spec.train_config["data"]["batch_size"]))
+    assert record["train"]["max_epochs"] * steps_per_epoch >= 5  # the spec's min_train_steps (study: 0)
+    assert record["train"]["num_trainable_parameters"] > 800_000
+    start = torch.load(store.model_path(frozen.run_id), weights_only=True)["state_dict"]
+    end = torch.load(tmp_path / "ft.pt", weights_only=True)["state_dict"]
+    assert start.keys() == end.keys()
+    for key, value in start.items():
+        if value.is_floating_point() and "running" not in key:  # batch-norm statistics do move
+            torch.testing.assert_close(end[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_start_from_config_rules():
+    from irreptensor_ml.transfer.presets import load_study_config
+
+    chained = "strategy_settings={foundation-finetune: {start_from: foundation-frozen}}"
+    with pytest.raises(ValueError, match="start_from='frozen'"):
+        load_study_config("foundation", ["strategy_settings={foundation-finetune: {start_from: frozen}}"])
+    with pytest.raises(ValueError, match="only for"):
+        load_study_config("foundation", ["strategy_settings={scratch: {start_from: foundation-frozen}}"])
+    with pytest.raises(ValueError, match="is not one of the study's strategies"):
+        load_study_config("foundation", [chained, "strategies=[scratch,foundation-finetune]",
+                                         "tuning.candidates={}"])
+    with pytest.raises(ValueError, match="has one candidate"):
+        load_study_config("foundation", [chained])  # the foundation preset tunes foundation-finetune
+    with pytest.raises(ValueError, match="min_train_steps must be an integer"):
+        load_study_config("foundation", ["strategy_settings={scratch: {min_train_steps: -1}}"])
+    with pytest.raises(ValueError, match="belong in strategy_settings"):
+        load_study_config("foundation", ["tuning.candidates.scratch=[{min_train_steps: 3}, {optim.lr: 0.1}]"])
+    config = load_study_config("foundation", [
+        chained, "tuning.candidates={scratch: [{optim.lr: 0.005}, {optim.lr: 0.002}], "
+        "foundation-frozen: [{optim.lr: 0.005}, {optim.lr: 0.02}]}"])
+    assert config["strategy_settings"]["foundation-finetune"]["start_from"] == "foundation-frozen"
+
+
+def test_finetune_cpu_preset_reuses_the_foundation_cpu_runs(tmp_path):
+    """Its scratch and foundation-frozen runs have foundation-cpu's ids (copied, not retrained)."""
+    from irreptensor_ml.transfer.presets import load_study_config
+    from irreptensor_ml.transfer.study import make_spec
+
+    from run_id_fixture import synthetic_study_data
+
+    cpu = load_study_config("foundation-cpu")
+    finetune = load_study_config("foundation-finetune-cpu")
+    assert finetune["reuse_runs_from"] == [cpu["results_dir"]]
+    assert set(finetune["seeds"]) <= set(cpu["seeds"]) and finetune["fractions"] == cpu["fractions"]
+    data = synthetic_study_data(cpu)
+    for strategy in ("scratch", "foundation-frozen"):
+        for k in (0, 1):
+            ids = [make_spec(c, data, {}, strategy, "piezoelectric", 0.25, 1, k).run_id for c in (cpu, finetune)]
+            assert ids[0] == ids[1]
+    spec = make_spec(finetune, data, {}, "foundation-finetune", "piezoelectric", 0.25, 1, 0)
+    assert spec.pretrain_id == make_spec(cpu, data, {}, "foundation-frozen", "piezoelectric", 0.25, 1, 0).run_id
