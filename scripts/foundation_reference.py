@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         calculator = sevennet_calculator()
         bar = tqdm(todo, desc="SevenNet-0 finite strain", unit="material")
         for m in bar:
+            if not pending(m):  # finished meanwhile by another invocation (e.g. one with --ids)
+                continue
             bar.set_postfix_str(f"{m['sample_id'].split(':')[-1]} ({m['num_atoms']} atoms)")
             try:
                 row = compute_one(m, calculator, args.fmax)
