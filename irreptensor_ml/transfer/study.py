@@ -448,7 +448,7 @@ def _do_task(
         pre = store.model_path(spec.pretrain_id) if spec.pretrain_id else None
         record = execute_run(
             spec, data, store.model_path(spec.run_id), pretrained_model=pre,
-            min_train_steps=min_train_steps,  # a spec's own min_train_steps takes precedence eval_batch_size=eval_batch_size,
+            min_train_steps=min_train_steps, eval_batch_size=eval_batch_size,
             feature_cache_dir=store.feature_cache_dir,
         )
         store.save(record)
