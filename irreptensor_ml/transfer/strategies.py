@@ -130,6 +130,7 @@ def starts_from_run(strategy: str | Strategy) -> bool:
     """Whether ``strategy`` may start from another run's whole model (:data:`START_FROM`)."""
     return (strategy.name if isinstance(strategy, Strategy) else strategy) in START_FROM
 
+
 def foundation_model_config(
     model: Mapping[str, Any], foundation: Mapping[str, Any], target: str
 ) -> dict[str, Any]:

@@ -614,3 +614,12 @@ def test_finetune_cpu_preset_reuses_the_foundation_cpu_runs(tmp_path):
             assert ids[0] == ids[1]
     spec = make_spec(finetune, data, {}, "foundation-finetune", "piezoelectric", 0.25, 1, 0)
     assert spec.pretrain_id == make_spec(cpu, data, {}, "foundation-frozen", "piezoelectric", 0.25, 1, 0).run_id
+
+
+def test_presets_mirror_the_strategy_registry():
+    """presets.py keeps torch-free copies of the strategy names and the start_from rules."""
+    from irreptensor_ml.transfer import presets, strategies
+
+    assert set(presets._STRATEGIES) == set(strategies.STRATEGIES)
+    assert presets._START_FROM == strategies.START_FROM
+    assert set(presets._PRETRAINED) == {n for n, s in strategies.STRATEGIES.items() if s.pretrained_trunk}
