@@ -216,6 +216,12 @@ def _ci_cell(ci: Mapping[str, Any] | None) -> str:
     return f"{ci['diff']:+.3g} [{ci['low']:+.3g}, {ci['high']:+.3g}] {word}"
 
 
+def _chained(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``{strategy: strategy its runs start from}`` (``strategy_settings`` key ``start_from``)."""
+    settings = cfg.get("strategy_settings") or {}
+    return {s: settings[s]["start_from"] for s in cfg["strategies"] if (settings.get(s) or {}).get("start_from")}
+
+
 def _question(summary: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
     """The report's question line: which pretrained trunks the study's strategies reuse."""
     targets = ", ".join(cfg["targets"])
@@ -255,6 +261,8 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
            if any(len(v.get("overrides", [])) > 1 for t in summary["selection"].values() for v in t.values())
            else "fixed (no tuning; identical settings for every strategy except the finetune trunk "
            "learning-rate scale)")
+        + "".join(f"; `{strat}` has one candidate and is not tuned: each run continues the chosen `{src}` run "
+                  "of its target, fraction and seed" for strat, src in _chained(cfg).items())
         + "; test set evaluated once per final model.",
         f"- Split: one union split over all materials of all properties (split seed "
         f"{summary['data']['data_config'].get('split_seed')}): no test material of any property is in any "

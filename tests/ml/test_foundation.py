@@ -623,3 +623,11 @@ def test_presets_mirror_the_strategy_registry():
     assert set(presets._STRATEGIES) == set(strategies.STRATEGIES)
     assert presets._START_FROM == strategies.START_FROM
     assert set(presets._PRETRAINED) == {n for n, s in strategies.STRATEGIES.items() if s.pretrained_trunk}
+
+
+def test_report_names_the_untuned_chained_strategy():
+    from irreptensor_ml.transfer.presets import load_study_config
+    from irreptensor_ml.transfer.report import _chained
+
+    assert _chained(load_study_config("foundation-finetune-cpu")) == {"foundation-finetune": "foundation-frozen"}
+    assert _chained(load_study_config("foundation")) == {}
