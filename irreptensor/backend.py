@@ -84,3 +84,48 @@ def take_last(x: Any, index: np.ndarray):
 def batch_index(flat_index: int, batch: tuple[int, ...]) -> tuple[int, ...]:
     """The batch position of a flattened index, as plain ints for error messages."""
     return tuple(int(i) for i in np.unravel_index(int(flat_index), batch)) if batch else ()
+
+
+def check_tolerance(value: Any, name: str = "tol", *, positive: bool = False) -> float:
+    """``value`` as a float; ValueError naming ``name`` and the value for NaN, inf or a negative number.
+
+    A NaN tolerance makes every comparison with it false, which silently turns a check off; a negative one
+    is a mistake whatever the check does with it. ``positive=True`` refuses 0 as well.
+    """
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (np.isfinite(t) and (t > 0 if positive else t >= 0)):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return t
+
+
+def non_finite_error(name: str, flat: np.ndarray, batch: tuple[int, ...]) -> ValueError:
+    """The error for ``flat`` ``(N, K)`` (float64 numpy, ``N = prod(batch)``) holding NaN or inf.
+
+    Names ``name``, whether the first bad tensor holds NaN (else inf) and its batch index.
+    """
+    bad = ~np.isfinite(flat).all(-1)
+    i = int(np.flatnonzero(bad)[0])
+    what = "NaN" if np.isnan(flat[i]).any() else "inf"
+    return ValueError(f"{name} contains {what} at batch index {batch_index(i, batch)}")
+
+
+def check_finite(x: Any, name: str, core_ndim: int) -> None:
+    """Raise :func:`non_finite_error` if ``x`` (numpy or torch) holds NaN or inf.
+
+    One ``isfinite(x).all()`` pass; the batch index (over the leading ``x.ndim - core_ndim`` axes) is only
+    looked for on failure. Does not touch autograd.
+    """
+    if is_torch(x):
+        import torch
+
+        if bool(torch.isfinite(x.detach()).all()):
+            return
+    elif np.isfinite(x).all():
+        return
+    a = to_numpy64(x)
+    batch = tuple(a.shape[: a.ndim - core_ndim])
+    raise non_finite_error(name, a.reshape(int(np.prod(batch)), -1), batch)

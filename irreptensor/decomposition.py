@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import as_float_array, batch_index, constant, is_torch, to_numpy64
+from .backend import as_float_array, batch_index, check_tolerance, constant, is_torch, non_finite_error, to_numpy64
 from .basis import float_basis
 from .kinds import TensorKind, get_kind
 
@@ -26,7 +26,8 @@ DEFAULT_SYMMETRY_TOL = 1e-6
 
 
 def _cartesian(T: Any, k: TensorKind):
-    """Return the Cartesian array and the batch shape; converts Voigt input of named kinds."""
+    """Return the Cartesian array and the batch shape; converts Voigt input of named kinds (unchecked: the
+    callers check finiteness and symmetry themselves)."""
     T = as_float_array(T, f"{k.name} tensor")
     shape = tuple(T.shape)
     r = k.rank
@@ -35,9 +36,9 @@ def _cartesian(T: Any, k: TensorKind):
     if k.voigt_shape is not None:
         nv = len(k.voigt_shape)
         if shape[len(shape) - nv:] == k.voigt_shape and len(shape) >= nv:
-            from .voigt import from_voigt
+            from .voigt import _from
 
-            return from_voigt(T, k.name, check=False), shape[: len(shape) - nv]
+            return _from(T, k, float(k.voigt_weight), check=False, finite=False), shape[: len(shape) - nv]
         expected = f"{k.cartesian_shape} (Cartesian) or {k.voigt_shape} (Voigt)"
     else:
         expected = f"{k.cartesian_shape}"
@@ -58,7 +59,8 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
         kind: a kind name or index-symmetry formula (see :func:`irreptensor.get_kind`).
         symmetrize: project a tensor that lacks the kind's index symmetry onto the symmetric part instead of
             raising (the projection is what the product computes anyway).
-        tol: largest accepted relative asymmetry ``|T - P T| / |T|`` (default ``1e-6``).
+        tol: largest accepted relative asymmetry ``|T - P T| / |T|`` (default ``1e-6``); a finite number
+            ``>= 0`` (NaN, which would turn the check off, and negative values raise ValueError).
         parity: parity for formula kinds (default polar).
 
     Returns:
@@ -66,9 +68,11 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
         dtype and device; differentiable for torch. ``|x| = |T|_F`` for symmetric ``T``.
 
     Raises:
-        ValueError: wrong trailing shape, NaN/inf entries, or an asymmetric tensor (names the worst one).
+        ValueError: wrong trailing shape, NaN/inf entries, an asymmetric tensor (names the worst one), or a
+            bad ``tol``.
     """
     k = get_kind(kind, parity)
+    tol = DEFAULT_SYMMETRY_TOL if tol is None else check_tolerance(tol, "tol")
     T, batch = _cartesian(T, k)
     Q = float_basis(k)
     flat = T.reshape(-1, Q.shape[1])
@@ -77,7 +81,7 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
         t2, x2 = _torch_norms(flat, x, k)
     else:
         x, t2, x2 = _project_numpy(flat, k)
-    _check(flat, t2, x2, k, batch, symmetrize, DEFAULT_SYMMETRY_TOL if tol is None else tol)
+    _check(flat, t2, x2, k, batch, symmetrize, tol)
     return x.reshape(*batch, Q.shape[0])
 
 
@@ -161,10 +165,8 @@ def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetriz
     """
     total = t2.sum()
     if not np.isfinite(total):
-        bad = ~np.isfinite(to_numpy64(flat)).all(-1)
-        if bad.any():
-            what = "NaN" if np.isnan(to_numpy64(flat)[bad]).any() else "inf"
-            raise ValueError(f"{k.name} tensor contains {what} {_first_bad(bad, batch)}")
+        if not np.isfinite(to_numpy64(flat)).all():
+            raise non_finite_error(f"{k.name} tensor", to_numpy64(flat), batch)
         # finite entries whose squares overflow: recheck on a rescaled copy
         scale = np.abs(to_numpy64(flat)).max(-1, keepdims=True)
         scale[scale == 0] = 1.0

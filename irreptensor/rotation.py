@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import as_float_array, batch_index, is_torch, to_numpy64
+from .backend import as_float_array, batch_index, check_finite, check_tolerance, is_torch, to_numpy64
 from .kinds import TensorKind, get_kind
 
 __all__ = ["rotate", "check_rotation", "random_rotation"]
@@ -29,8 +29,10 @@ def check_rotation(R: Any, tol: float = ORTHOGONALITY_TOL):
         ``(R_flat (N, 3, 3), det (N,) of +-1 as R's type, batch shape)``.
 
     Raises:
-        ValueError: wrong shape, NaN/inf, or ``max |R R^T - 1| > tol`` (names the worst matrix).
+        ValueError: wrong shape, NaN/inf, or ``max |R R^T - 1| > tol`` (names the worst matrix); a NaN or
+            negative ``tol``.
     """
+    tol = check_tolerance(tol, "tol")
     R = as_float_array(R, "rotation matrix R")
     if R.ndim < 2 or tuple(R.shape[-2:]) != (3, 3):
         raise ValueError(f"rotation matrix R must have shape (..., 3, 3), got {tuple(R.shape)}")
@@ -77,17 +79,22 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
     """Rotate (or reflect) Cartesian tensors: ``T'_{a..} = (det R)^s R_{ai} ... T_{i..}``.
 
     ``s = 1`` for axial kinds (parity opposite to ``(-1)**rank``), else 0. Leading batch dimensions of
-    ``T`` and ``R`` broadcast. Voigt input of a named kind is returned in Voigt form.
+    ``T`` and ``R`` broadcast (empty batches included). Voigt input of a named kind is returned in Voigt form.
 
     Args:
         T: ``(..., 3, ..., 3)`` Cartesian (or the kind's Voigt form); numpy or torch.
         R: ``(..., 3, 3)`` orthogonal matrices.
+
+    Raises:
+        ValueError: wrong shapes, NaN/inf in ``T`` or ``R`` (names the argument and the first bad batch
+            index), or a non-orthogonal ``R``.
     """
     k = get_kind(kind, parity)
     from .decomposition import _cartesian
 
     T0 = as_float_array(T, f"{k.name} tensor")
     Tc, tbatch = _cartesian(T0, k)
+    check_finite(T0, f"{k.name} tensor T", T0.ndim - len(tbatch))
     voigt_in = tuple(T0.shape) != tuple(Tc.shape)
     Rf, det, rbatch = check_rotation(R)
     Rb = Rf.reshape(*rbatch, 3, 3)
@@ -106,9 +113,9 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
     if k.parity != (-1) ** r:
         out = out * det.reshape(*rbatch, *([1] * r))
     if voigt_in:
-        from .voigt import to_voigt
+        from .voigt import _to
 
-        out = to_voigt(out, k.name)
+        out = _to(out, k, float(k.voigt_weight), finite=False)  # T and R were checked
     return out
 
 

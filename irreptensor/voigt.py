@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import as_float_array, constant, take_last
+from .backend import as_float_array, check_finite, constant, take_last, to_numpy64
 from .kinds import VOIGT_PAIRS, TensorKind, get_kind
 
 __all__ = ["to_voigt", "from_voigt", "to_mandel", "from_mandel"]
@@ -78,27 +78,34 @@ def _named(kind) -> TensorKind:
     return k
 
 
-def _to(T: Any, k: TensorKind, weight: float):
+def _to(T: Any, k: TensorKind, weight: float, finite: bool = True):
+    """``(..., 3, ..., 3) -> (..., *vshape)``; ``finite``: refuse NaN/inf in ``T`` (internal callers that
+    have checked already pass False)."""
     T = as_float_array(T, "tensor")
     if tuple(T.shape[T.ndim - k.rank:]) != k.cartesian_shape:
         raise ValueError(
             f"{k.name} tensor must have trailing shape {k.cartesian_shape} (Cartesian), got shape {tuple(T.shape)}"
         )
+    if finite:
+        check_finite(T, f"{k.name} tensor T", k.rank)
     vshape, idx, w, _, _ = _maps(k.name, weight)
-    flat = T.reshape(*T.shape[: T.ndim - k.rank], -1)
+    batch = T.shape[: T.ndim - k.rank]
+    flat = T.reshape(*batch, 3**k.rank)  # explicit size: -1 is ambiguous for an empty batch
     out = take_last(flat, idx) * constant(("voigt-w", k.name, weight), w, flat)
-    return out.reshape(*T.shape[: T.ndim - k.rank], *vshape)
+    return out.reshape(*batch, *vshape)
 
 
-def _from(V: Any, k: TensorKind, weight: float, check: bool):
+def _from(V: Any, k: TensorKind, weight: float, check: bool, finite: bool = True, name: str = "Voigt form V"):
+    """``(..., *vshape) -> (..., 3, ..., 3)``; ``check``: refuse an asymmetric 6x6 matrix; ``finite``: refuse
+    NaN/inf (internal callers that check themselves pass False); ``name`` names the argument in errors."""
     V = as_float_array(V, "Voigt matrix")
     vshape = _maps(k.name, weight)[0]
     nd = len(vshape)
     if tuple(V.shape[V.ndim - nd:]) != vshape:
         raise ValueError(f"{k.name} Voigt form must have trailing shape {vshape}, got shape {tuple(V.shape)}")
+    if finite:
+        check_finite(V, f"{k.name} {name}", nd)
     if check and vshape == (6, 6):
-        from .backend import to_numpy64
-
         v = to_numpy64(V)
         asym = np.abs(v - np.swapaxes(v, -1, -2)).max(initial=0.0)
         scale = np.abs(v).max(initial=0.0)
@@ -109,7 +116,7 @@ def _from(V: Any, k: TensorKind, weight: float, check: bool):
             )
     _, _, _, idx, w = _maps(k.name, weight)
     batch = V.shape[: V.ndim - nd]
-    flat = V.reshape(*batch, -1)
+    flat = V.reshape(*batch, int(np.prod(vshape)))  # explicit size: -1 is ambiguous for an empty batch
     out = take_last(flat, idx) * constant(("voigt-winv", k.name, weight), w, flat)
     return out.reshape(*batch, *k.cartesian_shape)
 
@@ -119,7 +126,10 @@ def to_voigt(T: Any, kind: str = "elastic"):
 
     The kind fixes the factors: 1 for ``elastic``/``piezoelectric``/``dielectric``, 2 per shear index for
     ``compliance`` and ``piezoelectric_d``. Components are read from the upper index of each pair; no
-    symmetry check is made (use :func:`irreptensor.decompose` to check).
+    symmetry check is made (use :func:`irreptensor.decompose` to check). Any batch shape, empty included.
+
+    Raises:
+        ValueError: wrong trailing shape, or NaN/inf in ``T`` (names the first bad batch index).
     """
     k = _named(kind)
     return _to(T, k, float(k.voigt_weight))
@@ -128,8 +138,12 @@ def to_voigt(T: Any, kind: str = "elastic"):
 def from_voigt(V: Any, kind: str = "elastic", check: bool = True):
     """Voigt form -> full Cartesian tensor (inverse of :func:`to_voigt`).
 
+    ``(...,6)->(...,3,3)``, ``(...,3,6)->(...,3,3,3)``, ``(...,6,6)->(...,3,3,3,3)``; any batch shape, empty
+    included.
+
     Raises:
-        ValueError: wrong trailing shape, or (``check=True``) a 6x6 Voigt matrix that is not symmetric.
+        ValueError: wrong trailing shape, NaN/inf in ``V`` (names the first bad batch index), or
+            (``check=True``) a 6x6 Voigt matrix that is not symmetric.
     """
     k = _named(kind)
     return _from(V, k, float(k.voigt_weight), check)
@@ -140,6 +154,9 @@ def to_mandel(T: Any, kind: str = "elastic"):
 
     Shapes as for :func:`to_voigt`: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``,
     ``(...,3,3,3,3)->(...,6,6)``; units unchanged (GPa for stiffness, 1/GPa for compliance, ...).
+
+    Raises:
+        ValueError: wrong trailing shape, or NaN/inf in ``T``.
     """
     return _to(T, _named(kind), float(np.sqrt(2.0)))
 
@@ -150,6 +167,7 @@ def from_mandel(M: Any, kind: str = "elastic", check: bool = True):
     ``(...,6)->(...,3,3)``, ``(...,3,6)->(...,3,3,3)``, ``(...,6,6)->(...,3,3,3,3)``; units unchanged.
 
     Raises:
-        ValueError: wrong trailing shape, or (``check=True``) a 6x6 matrix that is not symmetric.
+        ValueError: wrong trailing shape, NaN/inf in ``M``, or (``check=True``) a 6x6 matrix that is not
+            symmetric.
     """
-    return _from(M, _named(kind), float(np.sqrt(2.0)), check)
+    return _from(M, _named(kind), float(np.sqrt(2.0)), check, name="Mandel form M")

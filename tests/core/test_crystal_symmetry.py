@@ -192,3 +192,18 @@ def test_errors():
         point_group_ops(Molecule(["H", "H"], [[0, 0, 0], [0, 0, 0.74]]))
     with pytest.raises(ValueError, match="trailing shape"):
         symmetrize(np.zeros((4, 4)), "elastic", [np.eye(3)])
+
+
+@pytest.mark.parametrize("tol", [float("nan"), -1e-6])
+def test_bad_tolerances_are_refused(tol):
+    """A NaN match tolerance kept only the identity in group_closure (a symmetrize that did nothing); spglib
+    crashed the process on a NaN or negative symprec."""
+    ops = [np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, -1.0, 1.0])]
+    assert len(group_closure(ops)) == 4
+    with pytest.raises(ValueError, match=rf"tol must be a finite number >= 0, got {tol!r}"):
+        group_closure(ops, tol=tol)
+    r = _records("piezoelectric", 1)[0]
+    with pytest.raises(ValueError, match=rf"symprec must be a finite number > 0, got {tol!r}"):
+        point_group_ops(r["structure"], symprec=tol)
+    with pytest.raises(ValueError, match="symprec must be a finite number > 0"):
+        symmetrize(_random("piezoelectric"), "piezoelectric", r["structure"], symprec=tol)

@@ -1,5 +1,6 @@
 """decompose / compose: agreement with e3nn, round trips, norms, equivariance, parity, arrays, errors."""
 
+import re
 import subprocess
 import sys
 
@@ -248,3 +249,68 @@ def test_import_does_not_load_torch_or_sympy():
            "print('torch' in sys.modules, 'sympy' in sys.modules, 'e3nn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
+
+
+# ------------------------------------------------------------- bad tolerances, empty batches, mixed types
+
+
+@pytest.mark.parametrize("tol", [float("nan"), -1e-3, float("inf"), "loose"])
+def test_bad_tol_is_refused_not_a_silently_disabled_check(tol):
+    """A NaN tol made ``resid > tol**2 * |T|^2`` always false: an asymmetric tensor passed unchecked."""
+    bad = random_tensor("elastic", np.random.default_rng(9))
+    bad[0, 1, 2, 2] += 5.0
+    with pytest.raises(ValueError, match=rf"tol must be a finite number >= 0, got {tol!r}"):
+        it.decompose(bad, "elastic", tol=tol)
+    from irreptensor.rotation import check_rotation
+
+    with pytest.raises(ValueError, match=r"tol must be a finite number >= 0"):
+        check_rotation(np.eye(3), tol=tol)
+    # valid values still work: 0 is "exact to rounding", a numpy scalar is a number
+    it.decompose(random_tensor("elastic", np.random.default_rng(9)), "elastic", tol=np.float32(1e-3))
+    with pytest.raises(ValueError, match="lacks the index symmetry"):
+        it.decompose(bad, "elastic", tol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_empty_batches(kind, lib):
+    """Batches with a zero-length axis give correctly shaped empty results (Voigt forms were reshape errors)."""
+    k = it.get_kind(kind)
+    R = it.random_rotation(seed=0)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        zeros = lambda *s: torch.zeros(s, dtype=torch.float64)  # noqa: E731
+        R = torch.tensor(R)
+    else:
+        zeros = lambda *s: np.zeros(s)  # noqa: E731
+    for batch in [(0,), (2, 0)]:
+        T = zeros(*batch, *k.cartesian_shape)
+        V = zeros(*batch, *k.voigt_shape)
+        assert tuple(it.decompose(T, kind).shape) == (*batch, it.dim(kind))
+        assert tuple(it.decompose(V, kind).shape) == (*batch, it.dim(kind))
+        assert tuple(it.compose(zeros(*batch, it.dim(kind)), kind).shape) == tuple(T.shape)
+        assert tuple(it.to_voigt(T, kind).shape) == tuple(V.shape)
+        assert tuple(it.from_voigt(V, kind).shape) == tuple(T.shape)
+        assert tuple(it.to_mandel(T, kind).shape) == tuple(V.shape)
+        assert tuple(it.from_mandel(V, kind).shape) == tuple(T.shape)
+        assert tuple(it.rotate(T, R, kind).shape) == tuple(T.shape)
+        assert tuple(it.rotate(V, R, kind).shape) == tuple(V.shape)  # Voigt in, Voigt out
+        assert tuple(it.rotate(T, zeros(*batch, 3, 3), kind).shape) == tuple(T.shape)  # an empty batch of R
+
+
+@pytest.mark.parametrize("where", [(), (1,)])
+def test_rotate_refuses_non_finite_tensors(where):
+    """NaN/inf in T used to come out rotated; the error names T (R's own check names R), like decompose."""
+    C = random_tensor("elastic", np.random.default_rng(10), n=2)
+    T = C[1].copy() if where == () else C.copy()
+    T[(*where, 0, 0, 0, 0)] = np.nan
+    index = re.escape(str(where))  # "()" or "(1,)"
+    with pytest.raises(ValueError, match=rf"elastic tensor T contains NaN at batch index {index}"):
+        it.rotate(T, it.random_rotation(seed=1), "elastic")
+    V = it.to_voigt(C, "elastic")
+    V[1, 2, 2] = np.inf
+    with pytest.raises(ValueError, match=r"elastic tensor T contains inf at batch index \(1,\)"):
+        it.rotate(V, it.random_rotation(seed=1), "elastic")
+    with pytest.raises(ValueError, match="rotation matrix R contains NaN or inf"):
+        it.rotate(C, np.full((3, 3), np.nan), "elastic")
+

@@ -89,3 +89,38 @@ def test_errors():
         it.to_voigt(np.zeros((3, 3)), "ij=ji")
     with pytest.raises(ValueError, match=r"trailing shape \(3, 3, 3\)"):
         it.to_voigt(np.zeros((3, 3)), "piezoelectric")
+
+
+@pytest.mark.parametrize("kind", VOIGT_KINDS)
+def test_non_finite_values_are_refused(kind):
+    """NaN/inf used to pass through to_voigt/from_voigt (and the Mandel forms) silently; the error names the
+    argument and the first bad batch index, like decompose's."""
+    T = random_tensor(kind, np.random.default_rng(5), n=3)
+    V = it.to_voigt(T, kind)
+    Tn, Vn = T.copy(), V.copy()
+    Tn[2].flat[4] = np.nan
+    Vn[1].flat[-1] = -np.inf
+    with pytest.raises(ValueError, match=rf"{kind} tensor T contains NaN at batch index \(2,\)"):
+        it.to_voigt(Tn, kind)
+    with pytest.raises(ValueError, match=rf"{kind} tensor T contains NaN at batch index \(2,\)"):
+        it.to_mandel(Tn, kind)
+    for check in (True, False):
+        with pytest.raises(ValueError, match=rf"{kind} Voigt form V contains inf at batch index \(1,\)"):
+            it.from_voigt(Vn, kind, check=check)
+    with pytest.raises(ValueError, match=rf"{kind} Mandel form M contains inf at batch index \(1,\)"):
+        it.from_mandel(Vn, kind)
+    with pytest.raises(ValueError, match=r"Voigt form V contains NaN at batch index \(\)"):
+        it.from_voigt(np.full(SHAPES[kind], np.nan), kind)
+
+
+def test_non_finite_torch_values_are_refused():
+    torch = pytest.importorskip("torch")
+    V = torch.tensor(it.to_voigt(random_tensor("elastic", np.random.default_rng(6)), "elastic"), requires_grad=True)
+    with torch.no_grad():
+        bad = V.clone()
+        bad[0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"elastic Voigt form V contains NaN at batch index \(0,\)"):
+        it.from_voigt(bad, "elastic")
+    out = it.from_voigt(V, "elastic")  # finite: the check leaves autograd alone
+    out.sum().backward()
+    assert V.grad is not None
