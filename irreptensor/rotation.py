@@ -81,9 +81,14 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
     ``s = 1`` for axial kinds (parity opposite to ``(-1)**rank``), else 0. Leading batch dimensions of
     ``T`` and ``R`` broadcast (empty batches included). Voigt input of a named kind is returned in Voigt form.
 
+    The result follows ``T``: its array type (numpy or torch), float dtype and device. ``R`` is converted
+    to them before the product, so ``T`` and ``R`` may mix float32 and float64, numpy and torch, or torch
+    devices: a float64 ``R`` is rounded to float32 for a float32 ``T``; a torch ``R`` with a numpy ``T``
+    is detached (no gradient reaches it); with a torch ``T`` gradients flow to both ``T`` and a torch ``R``.
+
     Args:
         T: ``(..., 3, ..., 3)`` Cartesian (or the kind's Voigt form); numpy or torch.
-        R: ``(..., 3, 3)`` orthogonal matrices.
+        R: ``(..., 3, 3)`` orthogonal matrices; numpy or torch.
 
     Raises:
         ValueError: wrong shapes, NaN/inf in ``T`` or ``R`` (names the argument and the first bad batch
@@ -97,7 +102,9 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
     check_finite(T0, f"{k.name} tensor T", T0.ndim - len(tbatch))
     voigt_in = tuple(T0.shape) != tuple(Tc.shape)
     Rf, det, rbatch = check_rotation(R)
-    Rb = Rf.reshape(*rbatch, 3, 3)
+    # R follows T: array type, dtype and device
+    Rb = _like(Rf.reshape(*rbatch, 3, 3), Tc)
+    det = _like(det, Tc)
     r = k.rank
     out_idx = _LETTERS[:r]
     in_idx = "ijklmnop"[:r]
@@ -117,6 +124,20 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
 
         out = _to(out, k, float(k.voigt_weight), finite=False)  # T and R were checked
     return out
+
+
+def _like(a: Any, like: Any):
+    """``a`` (numpy or torch) as the array type, float dtype and device of ``like``; torch to numpy detaches."""
+    if is_torch(like):
+        import torch
+
+        if is_torch(a):
+            return a.to(dtype=like.dtype, device=like.device)
+        # a writable array: torch warns about read-only ones
+        return torch.as_tensor(np.require(a, requirements="W"), dtype=like.dtype, device=like.device)
+    if is_torch(a):
+        a = a.detach().cpu().numpy()
+    return a.astype(like.dtype, copy=False)
 
 
 def random_rotation(n: int | None = None, proper: bool = True, seed: int | None = None) -> np.ndarray:

@@ -314,3 +314,35 @@ def test_rotate_refuses_non_finite_tensors(where):
     with pytest.raises(ValueError, match="rotation matrix R contains NaN or inf"):
         it.rotate(C, np.full((3, 3), np.nan), "elastic")
 
+
+def test_rotate_follows_the_tensor_type_and_dtype():
+    """R is converted to T's array type, dtype and device (documented in rotate's docstring)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    C = random_tensor("elastic", rng, n=2)
+    R = it.random_rotation(2, seed=2)
+    ref = it.rotate(C, R, "elastic")
+    for t_dtype in (torch.float32, torch.float64):
+        T = torch.tensor(C, dtype=t_dtype)
+        for Rin in (R, R.astype(np.float32), torch.tensor(R), torch.tensor(R, dtype=torch.float32)):
+            out = it.rotate(T, Rin, "elastic")
+            assert isinstance(out, torch.Tensor) and out.dtype == t_dtype
+            np.testing.assert_allclose(out.double().numpy(), ref, atol=1e-3 if t_dtype == torch.float32 else 1e-5)
+    # numpy T: numpy out of T's dtype, whatever R is
+    for Rin in (torch.tensor(R), torch.tensor(R, dtype=torch.float32), R.astype(np.float32)):
+        out = it.rotate(C, Rin, "elastic")
+        assert isinstance(out, np.ndarray) and out.dtype == np.float64
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+    assert it.rotate(C.astype(np.float32), R, "elastic").dtype == np.float32
+    # Voigt input and an axial kind (the det factor is converted too)
+    V = torch.tensor(it.to_voigt(C, "elastic"), dtype=torch.float32)
+    assert it.rotate(V, torch.tensor(R), "elastic").dtype == torch.float32
+    A = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    out = it.rotate(A, -torch.eye(3, dtype=torch.float64), "ij=-ji", parity=-1)
+    assert out.dtype == torch.float32 and torch.equal(out, -A)
+    # gradients reach T and a torch R
+    T = torch.tensor(C[0], requires_grad=True)
+    Rt = torch.tensor(R[0], requires_grad=True)
+    (it.rotate(T, Rt, "elastic") ** 2).sum().backward()
+    assert T.grad is not None and Rt.grad is not None and torch.isfinite(Rt.grad).all()
+
