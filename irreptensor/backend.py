@@ -48,7 +48,8 @@ def constant(key: tuple, value: np.ndarray, like: Any):
         if c is None:
             import torch
 
-            c = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+            # a writable copy: torch warns about read-only numpy arrays (the cached bases are read-only)
+            c = torch.as_tensor(np.array(value, dtype=np.float64), dtype=like.dtype, device=like.device)
             _CONSTANTS[ck] = c
         return c
     ck = (key, "numpy", like.dtype)
@@ -75,7 +76,7 @@ def take_last(x: Any, index: np.ndarray):
         if idx is None:
             import torch
 
-            idx = torch.as_tensor(index, dtype=torch.long, device=x.device)
+            idx = torch.as_tensor(np.array(index), dtype=torch.long, device=x.device)  # writable copy: see constant
             _CONSTANTS[ck] = idx
         return x[..., idx]
     return x[..., index]

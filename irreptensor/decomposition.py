@@ -209,7 +209,8 @@ def compose(x: Any, kind: str = "elastic", *, parity: int | None = None):
         )
     batch = tuple(x.shape[:-1])
     flat = x.reshape(-1, Q.shape[0]) if x.ndim != 2 else x
-    s = flat.sum()
+    # the finiteness test on a detached sum: float() of a tensor that requires grad warns
+    s = flat.detach().sum() if is_torch(flat) else flat.sum()
     if not bool(np.isfinite(float(s))):
         bad = ~np.isfinite(to_numpy64(flat)).all(-1)
         if bad.any():

@@ -346,3 +346,23 @@ def test_rotate_follows_the_tensor_type_and_dtype():
     (it.rotate(T, Rt, "elastic") ** 2).sum().backward()
     assert T.grad is not None and Rt.grad is not None and torch.isfinite(Rt.grad).all()
 
+
+def test_compose_of_a_grad_tensor_does_not_warn():
+    """compose's finiteness check called float() on a tensor requiring grad, and the constant bases came
+    from read-only numpy arrays: torch warned. torch warns once per process, so a fresh one is used."""
+    pytest.importorskip("torch")
+    code = (
+        "import warnings, numpy as np, torch, irreptensor as it\n"
+        "x = torch.randn(4, 21, dtype=torch.float64, requires_grad=True)\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('error')\n"
+        "    for _ in range(2):\n"
+        "        T = it.compose(x, 'elastic')\n"
+        "        it.compose(x.float(), 'elastic')\n"
+        "T.sum().backward()\n"
+        "ref = it.basis('elastic').sum(1)\n"  # d(sum T)/dx = Q @ 1
+        "assert np.allclose(x.grad.numpy(), np.broadcast_to(ref, (4, 21)), atol=1e-12)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok"], proc.stderr[-3000:]
