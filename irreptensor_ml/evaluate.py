@@ -1,6 +1,6 @@
 """Evaluation loop: run a trained model over a data split and report tensor metrics.
 
-Steps: model forward (normalized irreps) -> ``IrrepNormalizer.denormalize`` (physical irreps)
+Steps: model forward (physical irreps; the model holds its normalization and output transform)
 -> ``irreptensor.compose`` (Cartesian tensors) -> :func:`irreptensor_ml.metrics.tensor_metrics`
 per property -> files in the output directory (default ``<run_dir>/eval_<split>/``):
 
@@ -81,32 +81,29 @@ def _model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.devi
 def collect_predictions(
     model: torch.nn.Module,
     batches: Iterable[Any],
-    normalizers: Mapping[str, Any],
     properties: Sequence[str] | None = None,
 ) -> dict[str, PropertyPredictions]:
-    """Run ``model`` over ``batches`` and gather denormalized predictions with their targets.
+    """Run ``model`` over ``batches`` and gather its predictions with their targets.
 
     Args:
-        model: ``TensorPredictor``-like module, ``model(batch) -> {prop: (B, dim)}`` normalized.
+        model: ``TensorPredictor``-like module, ``model(batch) -> {prop: (B, dim)}`` in physical
+            irreps units (the normalization and output transform live in the model).
         batches: iterable of :class:`~irreptensor_ml.data.batch.Batch` (targets in physical
             irreps units, ``masks[prop]`` marking samples that have the property).
-        normalizers: ``{prop: IrrepNormalizer}`` used in training.
-        properties: properties to collect; default every head that has a normalizer.
+        properties: properties to collect; default every head.
 
     Returns:
         ``{prop: PropertyPredictions}`` for properties with at least one masked-in sample.
 
     Raises:
-        ValueError: a requested property has no head in the model or no normalizer.
+        ValueError: a requested property has no head in the model.
     """
-    heads = list(model.heads.keys()) if hasattr(model, "heads") else list(normalizers)
-    props = list(properties) if properties is not None else [p for p in heads if p in normalizers]
+    heads = list(model.heads.keys())
+    props = list(properties) if properties is not None else heads
     for p in props:
         M.check_property(p)
         if p not in heads:
             raise ValueError(f"model has no head for property {p!r} (heads: {', '.join(heads)})")
-        if p not in normalizers:
-            raise ValueError(f"no normalizer for property {p!r} (have: {', '.join(normalizers)})")
     dtype, device = _model_dtype_device(model)
     was_training = model.training
     model.eval()
@@ -121,7 +118,7 @@ def collect_predictions(
             out = model(batch.to(device, dtype))
             for p in present:
                 mask = batch.masks[p].to("cpu")
-                y = normalizers[p].denormalize(out[p].detach().to("cpu", torch.float64))
+                y = out[p].detach().to("cpu", torch.float64)
                 preds[p].append(y[mask])
                 trues[p].append(batch.targets[p].to("cpu", torch.float64)[mask])
                 ids[p].extend(m for m, keep in zip(batch.material_ids, mask.tolist()) if keep)
@@ -186,7 +183,6 @@ def _write_json(path: Path, obj: Any) -> Path:
 
 def evaluate_model(
     model: torch.nn.Module,
-    normalizers: Mapping[str, Any],
     batches: Iterable[Any],
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -199,7 +195,7 @@ def evaluate_model(
     """Evaluate a loaded model on ``batches``; write files to ``out_dir`` if given.
 
     Args:
-        model, normalizers, batches, properties: see :func:`collect_predictions`.
+        model, batches, properties: see :func:`collect_predictions`.
         out_dir: where ``metrics.json``, ``predictions.json`` and plots go; ``None`` writes nothing.
         split: split name recorded in ``metrics.json``.
         metrics_csv: Lightning ``metrics.csv`` for the learning-curve plot (optional).
@@ -209,7 +205,7 @@ def evaluate_model(
     Raises:
         ValueError: no sample of any requested property in ``batches``.
     """
-    predictions = collect_predictions(model, batches, normalizers, properties)
+    predictions = collect_predictions(model, batches, properties)
     if not predictions:
         raise ValueError(f"split {split!r} has no samples with a target for the model's properties")
     metrics = compute_metrics(predictions)
@@ -307,7 +303,7 @@ def evaluate_run(
     from irreptensor_ml.data.datamodule import TensorDataModule
     from irreptensor_ml.train import load_model
 
-    model, normalizers, config = load_model(run_path)
+    model, _, config = load_model(run_path)
     model = model.to(device)
     run_root = run_path if run_path.is_dir() else run_path.parent
     data_cfg = {**data_config(config), **dict(data_overrides or {})}
@@ -316,7 +312,7 @@ def evaluate_run(
     dtype, _ = _model_dtype_device(model)
     out = Path(out_dir) if out_dir is not None else run_root / f"eval_{split}"
     return evaluate_model(
-        model, normalizers, split_batches(dm, split, dtype), out,
+        model, split_batches(dm, split, dtype), out,
         split=split, metrics_csv=find_metrics_csv(run_root), plots=plots,
         extra={"run_dir": str(run_root)},
     )

@@ -1,7 +1,7 @@
 """Predict crystal tensors of new structures with a trained :class:`TensorPredictor`.
 
 Pipeline: structure -> periodic radius graph (cutoff from the model's training config) ->
-batch -> model (normalized irreps) -> :class:`IrrepNormalizer` ``denormalize`` (physical irreps)
+batch -> model (physical irreps: the normalization and output transform live in the model)
 -> ``irreptensor.compose`` (Cartesian tensor in the structure's Cartesian frame).
 
 Units of the results: elastic GPa, dielectric dimensionless, piezoelectric C/m^2.
@@ -16,6 +16,7 @@ not beat a trivial baseline on the test set (see the card) is loaded with a ``Us
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
 import os
@@ -53,22 +54,22 @@ class LoadedModel:
     """A trained predictor ready for inference.
 
     Attributes:
-        model: the ``TensorPredictor`` (in eval mode).
-        normalizers: ``{property: IrrepNormalizer}`` fitted on the training split.
+        model: the ``TensorPredictor`` (in eval mode); it returns physical units by itself.
+        normalizers: ``{property: IrrepNormalizer}``: copies of the model's latent normalization,
+            for inspection only (inference does not use them).
         config: the training config dict (``data.cutoff`` gives the graph cutoff).
         source: where it was loaded from (path string), for messages.
     """
 
     model: torch.nn.Module
-    normalizers: Mapping[str, Any]
-    config: Mapping[str, Any]
+    normalizers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str = "<in memory>"
 
     @property
     def properties(self) -> list[str]:
         """Properties the model has a head for."""
-        heads = getattr(self.model, "heads", None)
-        return list(heads.keys()) if heads is not None else list(self.normalizers)
+        return list(self.model.heads.keys())
 
     @property
     def cutoff(self) -> float:
@@ -80,7 +81,7 @@ class LoadedModel:
     def require(self, property: str) -> None:
         """Raise :class:`MissingHeadError` naming ``property`` if the model cannot predict it."""
         check_property(property)
-        if property not in self.properties or property not in self.normalizers:
+        if property not in self.properties:
             raise MissingHeadError(
                 f"model {self.source} has no head for property {property!r} "
                 f"(heads: {', '.join(self.properties) or 'none'})"
@@ -277,17 +278,23 @@ def predict_irreps(
     loaded = load_predictor(model, property)
     loaded.require(property)
     items = _as_structures(structures)
-    dim = int(loaded.normalizers[property].dim)
+    dim = int(loaded.model.outputs[property].dim)
     if not items:
         return np.zeros((0, dim))
-    net = loaded.model.to(device)
+    net = loaded.model
+    param = next(net.parameters())
+    if param.device != torch.device(device):
+        net = copy.deepcopy(net).to(device)  # never move (or break) the caller's model
+    was_training = net.training
     net.eval()
-    dtype = next(net.parameters()).dtype
+    dtype = param.dtype
     outs = []
-    for batch in _batches(items, loaded.cutoff, batch_size):
-        batch = batch.to(device, dtype)
-        y = net(batch)[property]
-        outs.append(loaded.normalizers[property].denormalize(y.detach().to("cpu", torch.float64)))
+    try:
+        for batch in _batches(items, loaded.cutoff, batch_size):
+            batch = batch.to(device, dtype)
+            outs.append(net(batch)[property].detach().to("cpu", torch.float64))
+    finally:
+        net.train(was_training)
     return torch.cat(outs).numpy()
 
 

@@ -7,9 +7,11 @@ the pretrained layers of a universal potential
 tensor_product`` in its config, a :class:`TensorProductHead` (reaches ``4e``/``3o`` from
 ``l <= 2`` features).
 
-Predictions are irreps vectors in the NORMALIZED units of
-:class:`irreptensor_ml.data.normalization.IrrepNormalizer` (denormalize them, then
-``irreptensor.compose(x, kind)`` gives the Cartesian tensor).  Heads can be added or replaced
+Each head ends in an :class:`~irreptensor_ml.model.outputs.OutputMap` that holds the training
+normalization (buffers) and the output transform (``linear``, or ``exp`` for positive-definite
+dielectric and elastic tensors), so ``forward`` returns irreps vectors in PHYSICAL units
+(``irreptensor.compose(x, kind)`` gives the Cartesian tensor) and the model is the one object
+that ``predict``, ``evaluate`` and the transfer study use.  Heads can be added or replaced
 without touching the trunk, and the trunk can be frozen for transfer learning.
 """
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from .heads import build_head
+from .outputs import OutputMap
 from .trunk import EquivariantTrunk
 
 __all__ = ["TensorPredictor", "build_trunk", "property_irreps"]
@@ -69,10 +72,12 @@ class TensorPredictor(nn.Module):
         heads: mapping ``property -> irreps`` string, or ``property -> dict`` of head keyword
             arguments (``irreps_out``; optional ``irreps_hidden``, ``type`` -- ``"linear"``
             (default, :class:`TensorHead`) or ``"tensor_product"``
-            (:class:`TensorProductHead`, with optional ``mul_square``)).  An irreps of ``None``
-            is looked up with :func:`property_irreps`.
+            (:class:`TensorProductHead`, with optional ``mul_square``); ``output`` -- the
+            :class:`~irreptensor_ml.model.outputs.OutputMap` transform, ``"linear"`` (default)
+            or ``"exp"``).  An irreps of ``None`` is looked up with :func:`property_irreps`.
 
-    ``forward(batch) -> {property: (num_graphs, dim)}`` in normalized irreps units.
+    ``forward(batch) -> {property: (num_graphs, dim)}`` in physical irreps units;
+    :meth:`forward_latent` also returns the heads' normalized latent outputs (for training).
     :attr:`config` is a plain dict from which :meth:`from_config` rebuilds the same architecture.
 
     Precision note: e3nn computes its Clebsch-Gordan buffers in the default dtype at
@@ -89,6 +94,7 @@ class TensorPredictor(nn.Module):
         super().__init__()
         self.trunk = trunk if isinstance(trunk, nn.Module) else build_trunk(trunk)
         self.heads = nn.ModuleDict()
+        self.outputs = nn.ModuleDict()
         self._head_config: dict[str, dict[str, Any]] = {}
         for prop, spec in (heads or {}).items():
             if isinstance(spec, Mapping):
@@ -122,20 +128,27 @@ class TensorPredictor(nn.Module):
         irreps_out: str | None = None,
         irreps_hidden: str | None = None,
         type: str = "linear",
+        output: str = "linear",
         **kwargs: Any,
     ) -> nn.Module:
         """Add (or replace) the head of ``prop``; returns the new head.  The trunk is untouched.
 
-        ``type`` and ``kwargs`` select and configure the head (:func:`~.heads.build_head`)."""
+        ``type`` and ``kwargs`` select and configure the head (:func:`~.heads.build_head`);
+        ``output`` is the transform of its :class:`OutputMap` (identity normalization until
+        :meth:`OutputMap.fit` or a ``load_state_dict`` sets it)."""
         if not isinstance(prop, str) or not prop or "." in prop:
             raise ValueError(f"add_head: property name must be a non-empty str without '.', got {prop!r}")
         if irreps_out is None:
             irreps_out = property_irreps(prop)
         head = build_head(self.trunk.irreps_out, irreps_out, type, irreps_hidden=irreps_hidden, **kwargs)
+        kind = prop if prop in ("dielectric", "piezoelectric", "elastic") else str(head.irreps_out)
+        out_map = OutputMap(kind, head.irreps_out.dim, output)
         param = next(self.trunk.parameters(), None)
         if param is not None:
             head = head.to(device=param.device, dtype=param.dtype)
+            out_map = out_map.to(device=param.device)
         self.heads[prop] = head
+        self.outputs[prop] = out_map
         if type == "linear":  # the original config layout (no "type" key) for linear heads
             self._head_config[prop] = {
                 "irreps_out": str(head.irreps_out),
@@ -143,6 +156,8 @@ class TensorPredictor(nn.Module):
             }
         else:
             self._head_config[prop] = dict(head.config)
+        if output != "linear":  # linear maps keep the original layout too
+            self._head_config[prop]["output"] = output
         return head
 
     def freeze_trunk(self, frozen: bool = True) -> None:
@@ -156,9 +171,16 @@ class TensorPredictor(nn.Module):
         for p in self.trunk.parameters():
             p.requires_grad_(not frozen)
 
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+    def forward_latent(self, batch: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(latent, physical)``: each head's normalized latent output and its physical irreps,
+        ``{property: (num_graphs, dim)}`` each."""
         features = self.trunk(batch)
-        return {
+        latent = {
             prop: head(features, batch.batch, int(batch.num_graphs))
             for prop, head in self.heads.items()
         }
+        return latent, {prop: self.outputs[prop](y) for prop, y in latent.items()}
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Physical irreps ``{property: (num_graphs, dim)}`` (layout ``irreptensor.irreps(kind)``)."""
+        return self.forward_latent(batch)[1]

@@ -47,7 +47,8 @@ def benchmark(
     dm = TensorDataModule(cfg["data"])
     dm.setup("fit")
     module = TensorLightningModule(
-        dm.irreps, cfg["model"], cfg["loss"], cfg["optim"], dm.normalizers, cfg["trainer"]["max_epochs"]
+        dm.irreps, cfg["model"], cfg["loss"], cfg["optim"], max_epochs=cfg["trainer"]["max_epochs"],
+        train_targets={p: dm.train_dataset.targets(p) for p in dm.irreps},
     ).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=float(cfg["optim"]["lr"]))
     loader = dm.train_dataloader()

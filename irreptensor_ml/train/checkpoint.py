@@ -3,12 +3,14 @@
 ``model.pt`` is a ``torch.save`` of a dict holding only tensors, numbers, strings, lists and
 dicts, so it loads with ``torch.load(weights_only=True)`` (no arbitrary pickled objects):
 
-    {"format": "irreptensor_ml.model", "format_version": 1,
-     "model_config": TensorPredictor.config,          # architecture (plain dict)
-     "state_dict": TensorPredictor.state_dict(),
-     "normalizers": {prop: IrrepNormalizer.state_dict()},
+    {"format": "irreptensor_ml.model", "format_version": 2,
+     "model_config": TensorPredictor.config,          # architecture incl. output transforms
+     "state_dict": TensorPredictor.state_dict(),      # weights + normalization buffers
      "config": full training configuration, "info": {epoch, val_loss, ...}}
 
+The model is one object: its output maps hold the normalization and output transform, and its
+forward returns physical units.  Files of format 1 (normalizers stored beside the model, linear
+outputs) and Lightning checkpoints of that time are converted on load.
 :func:`load_model` also accepts a Lightning checkpoint (``*.ckpt``) written by
 :class:`~irreptensor_ml.train.module.TensorLightningModule` or a run directory.
 """
@@ -28,26 +30,31 @@ __all__ = ["MODEL_FILE", "FORMAT", "save_model", "load_model", "resolve_model_pa
 
 MODEL_FILE = "model.pt"
 FORMAT = "irreptensor_ml.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_model(
     path: str | os.PathLike[str],
     model: TensorPredictor,
-    normalizers: Mapping[str, IrrepNormalizer],
     config: Mapping[str, Any] | None = None,
     info: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the weights-only model file (atomically: temp file + rename); returns its path."""
-    missing = sorted(set(model.properties) - set(normalizers))
-    if missing:
-        raise ValueError(f"save_model: no normalizer for head(s) {missing}")
+    """Write the weights-only model file (atomically: temp file + rename); returns its path.
+
+    ``ValueError`` (and nothing written) when a weight or buffer is not finite: a NaN model
+    is never exported."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(
+            f"save_model: refusing to write {str(path)!r}: non-finite values in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:5])}); the training diverged or its data hold a bad record"
+        )
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_config": model.config,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "normalizers": {p: normalizers[p].state_dict() for p in model.properties},
+        "state_dict": state,
         "config": dict(config or {}),
         "info": dict(info or {}),
     }
@@ -89,7 +96,10 @@ def load_model(
     map_location: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> tuple[TensorPredictor, dict[str, IrrepNormalizer], dict[str, Any]]:
-    """Load ``(TensorPredictor in eval mode, {prop: IrrepNormalizer}, training config)``.
+    """Load ``(TensorPredictor in eval mode, {prop: latent IrrepNormalizer}, training config)``.
+
+    The model returns physical units by itself; the normalizers are copies of its output maps'
+    buffers, for inspection only.
 
     Args:
         path: ``model.pt``, a Lightning ``.ckpt`` of :class:`TensorLightningModule`, or a run
@@ -109,7 +119,7 @@ def load_model(
             )
         model_config = payload["model_config"]
         state = payload["state_dict"]
-        normalizer_states = payload["normalizers"]
+        normalizer_states = payload.get("normalizers") if int(payload.get("format_version", 0)) < 2 else None
         config = dict(payload.get("config") or {})
     elif "state_dict" in payload and "hyper_parameters" in payload:
         hp = payload["hyper_parameters"]
@@ -123,19 +133,29 @@ def load_model(
                 for p, s in hp["irreps"].items()
             },
         }
+        for p, transform in (hp["model"].get("outputs") or {}).items():
+            if p in model_config["heads"]:
+                model_config["heads"][p]["output"] = transform
         full = payload["state_dict"]
         state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
-        normalizer_states = {
-            p: {"irreps": s, "shift": full[f"norm_shift_{p}"], "scale": full[f"norm_scale_{p}"]}
-            for p, s in hp["irreps"].items()
-        }
+        normalizer_states = None
+        if any(k.startswith("norm_shift_") for k in full):  # a checkpoint of format-1 days
+            normalizer_states = {
+                p: {"irreps": s, "shift": full[f"norm_shift_{p}"], "scale": full[f"norm_scale_{p}"]}
+                for p, s in hp["irreps"].items()
+            }
         config = dict(hp.get("run_config") or {})
     else:
         raise ValueError(f"{str(path)!r} is neither a model.pt nor a TensorLightningModule checkpoint")
 
     saved_dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
     model = _build(model_config, dtype or saved_dtype)
+    if normalizer_states is not None:
+        # format 1: linear outputs whose normalizers were stored beside the model
+        for p, norm_state in normalizer_states.items():
+            model.outputs[p].load_normalizer(norm_state)
+        state = {**{k: v for k, v in model.state_dict().items() if k.startswith("outputs.")}, **state}
     model.load_state_dict(state)
     model = model.to(device=map_location, dtype=dtype or saved_dtype).eval()
-    normalizers = {p: IrrepNormalizer.from_state_dict(s) for p, s in normalizer_states.items()}
+    normalizers = {p: model.outputs[p].normalizer() for p in model.properties}
     return model, normalizers, config

@@ -40,7 +40,7 @@ CONFIG_DIR = Path(str(resources.files("irreptensor_ml") / "configs"))
 _SECTIONS = ("seed", "data", "model", "loss", "optim", "trainer")
 # Sections whose keys are checked here (``data`` and ``model.trunk`` are checked by their owners).
 _CHECKED = ("loss", "optim", "trainer")
-_LOSS_TYPES = ("mse", "smooth_l1", "frobenius")
+_LOSS_TYPES = ("mse", "smooth_l1", "frobenius", "relative", "log")
 _SCHEDULERS = ("cosine", "plateau", "none")
 
 
@@ -116,8 +116,23 @@ def validate_config(config: Mapping[str, Any]) -> None:
     if not isinstance(config.get("seed", 0), int):
         raise ValueError(f"seed must be an int, got {config.get('seed')!r}")
     loss = config.get("loss", {})
-    if loss.get("type", "mse") not in _LOSS_TYPES:
-        raise ValueError(f"loss.type must be one of {_LOSS_TYPES}, got {loss.get('type')!r}")
+    loss_type = loss.get("type", "mse")
+    per_prop = dict(loss_type) if isinstance(loss_type, Mapping) else {"": loss_type}
+    for prop, kind in per_prop.items():
+        if kind not in _LOSS_TYPES:
+            key = f"loss.type.{prop}" if prop else "loss.type"
+            raise ValueError(f"{key} must be one of {_LOSS_TYPES}, got {kind!r}")
+    from irreptensor_ml.model.outputs import TRANSFORMS
+
+    outputs = model.get("outputs") or {}
+    if not isinstance(outputs, Mapping):
+        raise ValueError(f"model.outputs must map property -> transform, got {outputs!r}")
+    for prop, transform in outputs.items():
+        if transform not in TRANSFORMS:
+            raise ValueError(f"model.outputs.{prop} must be one of {sorted(TRANSFORMS)}, got {transform!r}")
+        allowed = TRANSFORMS[transform]
+        if allowed is not None and prop not in allowed:
+            raise ValueError(f"model.outputs.{prop}: transform {transform!r} applies to {', '.join(allowed)} only")
     for prop, w in (loss.get("weights") or {}).items():
         if not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"loss.weights.{prop} must be a number >= 0, got {w!r}")

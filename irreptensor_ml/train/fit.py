@@ -143,9 +143,9 @@ def fit(
         model=cfg["model"],
         loss=cfg["loss"],
         optim=cfg["optim"],
-        normalizers=dm.normalizers,
         max_epochs=int(cfg["trainer"]["max_epochs"]),
         run_config=cfg,
+        train_targets={p: dm.train_dataset.targets(p) for p in dm.irreps},
     )
     # the effective trunk (a pretrained trunk brings its own settings) must match the graphs
     if module.model.trunk.cutoff != float(cfg["data"]["cutoff"]):
@@ -208,7 +208,7 @@ def fit(
             "best_checkpoint": best or None,
             "best_val_loss": None if best_score is None else float(best_score),
         }
-        save_model(model_path, module.model, module.normalizers, cfg, export_info)
+        save_model(model_path, module.model, cfg, export_info)
         info.update(
             export_info,
             finished=_now(),

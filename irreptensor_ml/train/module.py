@@ -1,19 +1,25 @@
-"""Lightning module: multi-property tensor regression with masked, normalized losses.
+"""Lightning module: multi-property tensor regression with masked losses.
 
 Targets arrive in physical irrep units (``Batch.targets[prop]`` (B, dim), ``Batch.masks[prop]``
-(B,) bool); the module normalizes them with the per-property
-:class:`~irreptensor_ml.data.normalization.IrrepNormalizer` and compares them with the
-predictor's outputs (normalized units).  The loss is
+(B,) bool).  The predictor returns, per property, the head's normalized latent output and the
+physical irreps its :class:`~irreptensor_ml.model.outputs.OutputMap` makes of it (the
+normalization and the output transform live in the model).  The loss is
 
-    L = sum_p w_p * sum_b mask_pb * l(pred_pb - target_pb) / max(1, sum_b mask_pb)
+    L = sum_p w_p * sum_b mask_pb * l_p(b) / max(1, sum_b mask_pb)
 
-with ``l`` the mean over the ``dim`` components of the squared error (``mse``) or of the smooth
-L1 (Huber) loss.  Every head stays in the autograd graph even when a batch lacks its property
-(its term is multiplied by zero), so DDP never sees unused parameters.
+with ``l_p`` selected per property by ``loss.type`` (a name, or ``{property: name}``):
 
-The normalizer shift/scale are registered buffers: they are part of the ``state_dict`` and
-therefore of every Lightning checkpoint, which is self-contained (hyper-parameters are plain
-dicts/str/numbers, so checkpoints load with ``torch.load(weights_only=True)``).
+``frobenius``  ||pred - true||_F / s_p in physical units (s_p: RMS scale of the training targets);
+``relative``   ||pred - true||_F / max(||true||_F, floor_p) (the quantity behind EwT; floors of
+               :data:`irreptensor_ml.metrics.RELATIVE_ERROR_FLOORS`);
+``log``        ||L_pred - L_true||_F of the latent matrix logarithm (output transform ``exp`` only:
+               log(eps - I) for the dielectric tensor, log C in Mandel form for the elastic one);
+``mse``, ``smooth_l1``  per-component losses in normalized latent units.
+
+Every head stays in the autograd graph even when a batch lacks its property (its term is
+multiplied by zero), so DDP never sees unused parameters.  The output maps' buffers are part of
+the ``state_dict``, hence of every Lightning checkpoint, which is self-contained
+(hyper-parameters are plain dicts/str/numbers: checkpoints load with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from irreptensor_ml.model import TensorPredictor
 
 __all__ = ["TensorLightningModule", "masked_loss"]
 
-_MODEL_KEYS = {"trunk", "heads", "pretrained_trunk", "freeze_trunk"}
+_MODEL_KEYS = {"trunk", "heads", "outputs", "pretrained_trunk", "freeze_trunk"}
 
 
 def masked_loss(
@@ -41,6 +47,7 @@ def masked_loss(
     kind: str = "mse",
     beta: float = 1.0,
     scale: torch.Tensor | None = None,
+    floor: float | None = None,
 ) -> torch.Tensor:
     """Mean per-sample loss over rows where ``mask`` is True.
 
@@ -52,8 +59,12 @@ def masked_loss(
             difference times ``scale``) divided by the RMS of ``scale``. It is rotation invariant
             and, being an L1 loss over samples, not dominated by the few huge tensors of
             heavy-tailed data (dielectric constants of ferroelectrics) the way the MSE is.
+            ``"relative"``: the Frobenius norm of ``pred - target`` over ``max(||target||, floor)``
+            (``pred``, ``target`` in physical units: the per-material relative error of EwT).
+            ``"log"``: like ``"frobenius"``, applied to latent (log-space) coordinates.
         beta: transition point of the smooth L1 loss.
-        scale: (dim,) normalizer scale per coefficient (needed for ``"frobenius"``).
+        scale: (dim,) normalizer scale per coefficient (needed for ``"frobenius"`` and ``"log"``).
+        floor: denominator floor of ``"relative"`` (needed for it).
 
     Returns a scalar; zero (but still connected to ``pred``) when the mask is all False.
     """
@@ -66,14 +77,21 @@ def masked_loss(
         per_row = (pred - target).pow(2).mean(dim=-1)
     elif kind == "smooth_l1":
         per_row = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none", beta=beta).mean(dim=-1)
-    elif kind == "frobenius":
+    elif kind in ("frobenius", "log"):
         if scale is None:
-            raise ValueError("masked_loss: kind 'frobenius' needs the normalizer scale")
+            raise ValueError(f"masked_loss: kind {kind!r} needs the normalizer scale")
         rel = scale / scale.pow(2).mean().sqrt()
         # sqrt(. + eps) keeps the gradient finite at a perfect prediction
         per_row = (((pred - target) * rel).pow(2).sum(dim=-1) + 1e-12).sqrt()
+    elif kind == "relative":
+        if floor is None or not floor > 0:
+            raise ValueError("masked_loss: kind 'relative' needs a floor > 0")
+        err = ((pred - target).pow(2).sum(dim=-1) + 1e-12).sqrt()
+        per_row = err / target.detach().norm(dim=-1).clamp(min=float(floor))
     else:
-        raise ValueError(f"masked_loss: kind must be 'mse', 'smooth_l1' or 'frobenius', got {kind!r}")
+        raise ValueError(
+            f"masked_loss: kind must be 'mse', 'smooth_l1', 'frobenius', 'relative' or 'log', got {kind!r}"
+        )
     weight = mask.to(pred.dtype)
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
@@ -89,12 +107,17 @@ class TensorLightningModule(lightning.LightningModule):
             ``.ckpt`` or run directory) the trunk's architecture and weights are taken from that
             model (its ``trunk`` settings replace the given ones; the heads are new), for
             transfer learning; ``freeze_trunk`` then trains only the heads.
-        loss: ``{"type": "mse"|"smooth_l1"|"frobenius", "smooth_l1_beta": float, "weights": {prop: float}}``
-            (see :func:`masked_loss`).
+            ``outputs: {prop: "linear"|"exp"}`` selects each head's output transform
+            (:class:`~irreptensor_ml.model.outputs.OutputMap`; default ``linear``).
+        loss: ``{"type": name or {prop: name}, "smooth_l1_beta": float, "weights": {prop: float}}``
+            with names ``frobenius``, ``relative``, ``log``, ``mse``, ``smooth_l1`` (module doc).
         optim: ``{"lr", "weight_decay", "scheduler": "cosine"|"plateau"|"none", "warmup_epochs",
             "min_lr", "plateau_factor", "plateau_patience"}``.
-        normalizers: ``{prop: IrrepNormalizer or its state_dict()}``; may be omitted when the
-            weights (and normalizer buffers) are loaded from a checkpoint afterwards.
+        normalizers: ``{prop: IrrepNormalizer or its state_dict()}`` of the physical targets:
+            sets a ``linear`` output map when ``train_targets`` lacks the property.
+        train_targets: ``{prop: (n, dim) physical training targets}``: fit every output map
+            (needed for ``exp``).  Both may be omitted when the weights (and output buffers) are
+            loaded from a checkpoint afterwards.
         max_epochs: length of the cosine schedule.
         run_config: the full training configuration, stored in the checkpoint's hyper-parameters
             (for provenance and :func:`~irreptensor_ml.train.checkpoint.load_model`).
@@ -113,6 +136,7 @@ class TensorLightningModule(lightning.LightningModule):
         normalizers: Mapping[str, IrrepNormalizer | Mapping[str, Any]] | None = None,
         max_epochs: int = 100,
         run_config: Mapping[str, Any] | None = None,
+        train_targets: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not irreps:
@@ -144,17 +168,34 @@ class TensorLightningModule(lightning.LightningModule):
         unknown = sorted(set(head_settings) - set(irreps))
         if unknown:
             raise ValueError(f"model.heads has settings for {unknown}, which are not trained properties {sorted(irreps)}")
+        outputs = dict(model.get("outputs") or {})
+        unknown = sorted(set(outputs) - set(irreps))
+        if unknown:
+            raise ValueError(f"model.outputs names {unknown}, which are not trained properties {sorted(irreps)}")
         heads = {
             prop: {"irreps_out": str(s), **dict(head_settings.get(prop) or {})}
             for prop, s in irreps.items()
         }
+        for prop, transform in outputs.items():
+            heads[prop]["output"] = str(transform)
         self.model = TensorPredictor(trunk=dict(model.get("trunk") or {}), heads=heads)
         if pretrained is not None:
             self.model.trunk.load_state_dict(pretrained.trunk.state_dict())
         if model.get("freeze_trunk"):
             self.model.freeze_trunk()
         self.properties = list(irreps)
-        self.loss_type = str(loss.get("type", "mse"))
+        loss_type = loss.get("type", "mse")
+        types = dict(loss_type) if isinstance(loss_type, Mapping) else {p: loss_type for p in irreps}
+        unknown = sorted(set(types) - set(irreps))
+        if unknown:
+            raise ValueError(f"loss.type names {unknown}, which are not trained properties {sorted(irreps)}")
+        self.loss_types = {p: str(types.get(p, "mse")) for p in self.properties}
+        for prop, kind in self.loss_types.items():
+            if kind == "log" and self.model.outputs[prop].transform == "linear":
+                raise ValueError(
+                    f"loss.type 'log' of {prop!r} needs an output transform with a log space "
+                    f"(model.outputs.{prop}: exp)"
+                )
         self.loss_beta = float(loss.get("smooth_l1_beta", 1.0))
         weights = dict(loss.get("weights") or {})
         unknown = sorted(set(weights) - set(irreps))
@@ -176,11 +217,12 @@ class TensorLightningModule(lightning.LightningModule):
         )
 
         normalizers = dict(normalizers or {})
+        train_targets = dict(train_targets or {})
         for prop, irreps_str in irreps.items():
-            dim = o3.Irreps(irreps_str).dim
-            shift = torch.zeros(dim, dtype=torch.float64)
-            scale = torch.ones(dim, dtype=torch.float64)
-            if prop in normalizers:
+            out_map = self.model.outputs[prop]
+            if prop in train_targets:
+                out_map.fit(train_targets[prop])
+            elif prop in normalizers:
                 norm = normalizers[prop]
                 if not isinstance(norm, IrrepNormalizer):
                     norm = IrrepNormalizer.from_state_dict(dict(norm))
@@ -188,60 +230,68 @@ class TensorLightningModule(lightning.LightningModule):
                     raise ValueError(
                         f"normalizer of {prop!r} has irreps {norm.irreps}, expected {irreps_str}"
                     )
-                shift, scale = norm.shift.to(torch.float64), norm.scale.to(torch.float64)
-            self.register_buffer(f"norm_shift_{prop}", shift.clone())
-            self.register_buffer(f"norm_scale_{prop}", scale.clone())
+                if out_map.transform != "linear":
+                    raise ValueError(
+                        f"output transform {out_map.transform!r} of {prop!r} is fitted on training "
+                        "targets (train_targets), not on a physical normalizer"
+                    )
+                out_map.load_normalizer(norm.state_dict())
 
     # ------------------------------------------------------------------ normalizers
     def normalizer(self, prop: str) -> IrrepNormalizer:
-        """The :class:`IrrepNormalizer` of ``prop`` rebuilt from the module's buffers (on CPU)."""
-        return IrrepNormalizer.from_state_dict(
-            {
-                "irreps": self.hparams["irreps"][prop],
-                "shift": getattr(self, f"norm_shift_{prop}").detach().cpu(),
-                "scale": getattr(self, f"norm_scale_{prop}").detach().cpu(),
-            }
-        )
+        """The latent :class:`IrrepNormalizer` of ``prop`` (a copy of its output map's buffers;
+        for a ``linear`` output, the normalizer of the physical targets)."""
+        return self.model.outputs[prop].normalizer()
 
     @property
     def normalizers(self) -> dict[str, IrrepNormalizer]:
         return {p: self.normalizer(p) for p in self.properties}
 
-    def _normalize(self, prop: str, x: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self, f"norm_shift_{prop}").to(x.dtype)
-        scale = getattr(self, f"norm_scale_{prop}").to(x.dtype)
-        return (x - shift) / scale
-
-    def _denormalize(self, prop: str, y: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self, f"norm_shift_{prop}").to(y.dtype)
-        scale = getattr(self, f"norm_scale_{prop}").to(y.dtype)
-        return y * scale + shift
-
     # ------------------------------------------------------------------ steps
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Normalized predictions ``{prop: (B, dim)}``."""
+        """Predictions in physical irrep units ``{prop: (B, dim)}``."""
         return self.model(batch)
 
     def predict_physical(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Predictions in physical irrep units (denormalized)."""
-        return {p: self._denormalize(p, y) for p, y in self.model(batch).items()}
+        """Predictions in physical irrep units (same as :meth:`forward`)."""
+        return self.model(batch)
+
+    def _loss_term(self, prop: str, latent: torch.Tensor, phys: torch.Tensor, batch: Any) -> torch.Tensor:
+        """Masked loss of ``prop`` (see the module doc)."""
+        from irreptensor_ml.metrics import RELATIVE_ERROR_FLOORS
+
+        kind = self.loss_types[prop]
+        out_map = self.model.outputs[prop]
+        mask = batch.masks[prop]
+        target = batch.targets[prop].to(phys.dtype)
+        if kind in ("frobenius", "relative"):
+            ref = out_map.ref_scale.to(phys.dtype)
+            if kind == "frobenius":
+                return masked_loss(phys / ref, target / ref, mask, kind, scale=torch.ones_like(phys[0]))
+            floor = RELATIVE_ERROR_FLOORS.get(prop, float(ref))
+            return masked_loss(phys, target, mask, kind, floor=floor)
+        if mask.any():
+            lat_target = torch.zeros_like(latent)
+            lat_target[mask] = out_map.latent_target(target[mask], latent.dtype)
+        else:
+            lat_target = latent.detach()
+        scale = out_map.scale.to(latent.dtype)
+        return masked_loss(latent, lat_target, mask, kind, self.loss_beta, scale)
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
-        pred = self.model(batch)
+        latent, phys = self.model.forward_latent(batch)
         total = None
         bs = int(batch.num_graphs)
         for prop in self.properties:
             if prop not in batch.targets:
                 raise ValueError(f"batch has no targets for trained property {prop!r}")
             mask = batch.masks[prop]
-            target = self._normalize(prop, batch.targets[prop].to(pred[prop].dtype))
-            scale = getattr(self, f"norm_scale_{prop}").to(pred[prop].dtype)
-            term = masked_loss(pred[prop], target, mask, self.loss_type, self.loss_beta, scale)
+            term = self._loss_term(prop, latent[prop], phys[prop], batch)
             total = self.loss_weights[prop] * term if total is None else total + self.loss_weights[prop] * term
             n = mask.sum()
             values = {"loss": term.detach()}
             if stage != "train":
-                values["mae"] = self._mae(prop, pred[prop], batch, mask)
+                values["mae"] = self._mae(prop, phys[prop], batch, mask)
             for kind, value in values.items():
                 metric = self.epoch_metrics[f"{stage}_{kind}_{prop}"]
                 metric.update(value, weight=n.to(value.dtype))
@@ -250,11 +300,11 @@ class TensorLightningModule(lightning.LightningModule):
                  on_epoch=True, prog_bar=True, sync_dist=stage != "train")
         return total
 
-    def _mae(self, prop: str, pred: torch.Tensor, batch: Any, mask: torch.Tensor) -> torch.Tensor:
+    def _mae(self, prop: str, phys: torch.Tensor, batch: Any, mask: torch.Tensor) -> torch.Tensor:
         """Mean |error| per irrep component in physical units over the masked rows (0 if none)."""
         with torch.no_grad():
-            err = (self._denormalize(prop, pred) - batch.targets[prop].to(pred.dtype)).abs().mean(dim=-1)
-            weight = mask.to(pred.dtype)
+            err = (phys - batch.targets[prop].to(phys.dtype)).abs().mean(dim=-1)
+            weight = mask.to(phys.dtype)
             return (err * weight).sum() / weight.sum().clamp(min=1.0)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

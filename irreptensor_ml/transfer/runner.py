@@ -431,7 +431,7 @@ def execute_run(
     val_target = data.dataset(data.indices("val", spec.target), [spec.target], id_property=spec.target)
     val_preds = collect_predictions(
         model, _loader(val_target, data, [spec.target], eval_batch_size, dtype, shuffle=False),
-        module.normalizers, [spec.target],
+        [spec.target],
     )
     val_metrics = compute_metrics(val_preds)[spec.target]
     num_trainable = sum(p.numel() for g in module.param_groups() for p in g["params"])
@@ -461,7 +461,7 @@ def execute_run(
         {"strategy": spec.strategy, "target": spec.target, "fraction": spec.fraction, "seed": spec.seed,
          "trunk_lr_scale": spec.trunk_lr_scale, "pretrain_id": spec.pretrain_id}
     )
-    save_model(model_path, model, module.normalizers, saved_config, info)
+    save_model(model_path, model, saved_config, info)
     return {
         "run_id": spec.run_id,
         "status": "finished",
@@ -495,7 +495,7 @@ def evaluate_test(
     (physical units) and ``{"property", "sample_ids", "frobenius_error", "true_irreps",
     "pred_irreps"}`` per test material, in the fixed order of the test set.
     """
-    model, normalizers, config = load_model(model_path)
+    model, _, config = load_model(model_path)
     dtype = next(model.parameters()).dtype
     if _uses_cached_features(spec):
         model.trunk = _cached_trunk(data, model.trunk, spec.target, feature_cache_dir)
@@ -504,7 +504,7 @@ def evaluate_test(
         raise ValueError(f"no test sample of {spec.target!r}")
     preds = collect_predictions(
         model, _loader(test, data, [spec.target], eval_batch_size, dtype, shuffle=False),
-        normalizers, [spec.target],
+        [spec.target],
     )
     p = preds[spec.target]
     metrics = {k: _finite(v) for k, v in compute_metrics(preds)[spec.target].items()}

@@ -99,7 +99,7 @@ def saved_model(tmp_path: Path) -> Path:
     from irreptensor_ml.train import save_model
 
     model, norms = _tiny_predictor(("elastic", "dielectric"))
-    save_model(tmp_path / "run" / "model.pt", model.float(), norms,
+    save_model(tmp_path / "run" / "model.pt", model.float(),
                config={"data": {"cutoff": TINY_TRUNK["cutoff"]}})
     return tmp_path / "run"
 
@@ -217,6 +217,8 @@ def _tiny_predictor(properties: tuple[str, ...]) -> tuple[object, dict]:
                                  str(it.irreps(p)))
         for p in properties
     }
+    for p, norm in norms.items():  # the model holds its normalization
+        model.outputs[p].load_normalizer(norm.state_dict())
     return model, norms
 
 
@@ -254,7 +256,7 @@ def test_evaluate_model_masks_metrics_and_files(tmp_path: Path) -> None:
     batches = [collate(samples[:2], {"elastic": 21, "piezoelectric": 18}),
                collate(samples[2:], {"elastic": 21, "piezoelectric": 18})]
     model, norms = _tiny_predictor(("elastic", "piezoelectric"))
-    result = evaluate_model(model, norms, batches, tmp_path / "eval", split="test")
+    result = evaluate_model(model, batches, tmp_path / "eval", split="test")
 
     assert result.predictions["elastic"].material_ids == ["m0", "m2"]
     assert result.predictions["piezoelectric"].material_ids == ["m0", "m1", "m2"]
@@ -278,4 +280,4 @@ def test_evaluate_model_rejects_property_without_head() -> None:
 
     model, norms = _tiny_predictor(("elastic",))
     with pytest.raises(ValueError, match="model has no head for property 'dielectric'"):
-        collect_predictions(model, [], norms, properties=["dielectric"])
+        collect_predictions(model, [], properties=["dielectric"])

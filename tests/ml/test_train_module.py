@@ -105,21 +105,24 @@ def test_module_normalizes_targets_and_stores_normalizers():
     torch.manual_seed(0)
     module = TensorLightningModule(IRREPS, TINY_MODEL, {"weights": {"piezoelectric": 2.0}}, {}, norms)
     batch = _batch(rng)
-    pred = module(batch)
+    latent, phys = module.model.forward_latent(batch)
     expected = sum(
-        w * masked_loss(pred[p], norms[p].normalize(batch.targets[p].double()).float(), batch.masks[p])
+        w * masked_loss(latent[p], norms[p].normalize(batch.targets[p].double()).float(), batch.masks[p])
         for p, w in (("dielectric", 1.0), ("piezoelectric", 2.0))
     )
     loss = module._shared_step(batch, "val")
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    # normalizer state is part of the state_dict (self-contained checkpoints) and round-trips
+    # the model returns physical units: its output map denormalizes the latent output
+    for p in IRREPS:
+        assert torch.allclose(module(batch)[p].double(), norms[p].denormalize(latent[p].double()), atol=1e-5)
+    # normalizer state is part of the model's state_dict (self-contained checkpoints) and round-trips
     state = module.state_dict()
-    assert torch.equal(state["norm_scale_dielectric"], norms["dielectric"].scale)
+    assert torch.equal(state["model.outputs.dielectric.scale"], norms["dielectric"].scale)
     fresh = TensorLightningModule(IRREPS, TINY_MODEL)  # placeholders until the state is loaded
     fresh.load_state_dict(state)
     for p in IRREPS:
         assert torch.equal(fresh.normalizer(p).shift, norms[p].shift)
-        assert torch.allclose(fresh.predict_physical(batch)[p], norms[p].denormalize(pred[p].double()).float())
+        assert torch.allclose(fresh.predict_physical(batch)[p], phys[p])
 
 
 def test_module_rejects_inconsistent_settings():
@@ -196,7 +199,8 @@ def test_pretrained_trunk_is_loaded_and_frozen(tmp_path):
     torch.manual_seed(3)
     source = TensorPredictor(TINY_MODEL["trunk"], {"dielectric": "1x0e+1x2e"})
     norms = _normalizers(np.random.default_rng(2))
-    path = save_model(tmp_path / "model.pt", source, {"dielectric": norms["dielectric"]})
+    source.outputs["dielectric"].load_normalizer(norms["dielectric"].state_dict())
+    path = save_model(tmp_path / "model.pt", source)
     # the given trunk settings are replaced by the pretrained trunk's
     other_trunk = {**TINY_MODEL["trunk"], "num_basis": 6}
     module = TensorLightningModule(

@@ -1,0 +1,154 @@
+"""Output maps: physically admissible outputs, equivariance, gradients, normalization round trips,
+loss kinds, and the conversion of format-1 model files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import irreptensor as it
+from irreptensor_ml.model import OutputMap, TensorPredictor
+from irreptensor_ml.model.outputs import matrix_form
+from irreptensor_ml.train.module import masked_loss
+
+KINDS = ("dielectric", "elastic")
+
+
+def _rotation(seed: int, improper: bool) -> np.ndarray:
+    R = np.asarray(it.random_rotation(seed=seed))
+    return -R if improper else R
+
+
+def _fitted(kind: str, seed: int = 0) -> OutputMap:
+    """An exp map fitted on random positive-definite tensors of ``kind``."""
+    rng = np.random.default_rng(seed)
+    m = 3 if kind == "dielectric" else 6
+    a = rng.normal(size=(30, m, m))
+    mats = a @ a.transpose(0, 2, 1) + np.eye(m) * (2.0 if kind == "dielectric" else 50.0)
+    if kind == "dielectric":
+        cart = mats + np.eye(3)
+    else:
+        cart = np.asarray(it.from_mandel(mats, "elastic"))
+    x = torch.as_tensor(np.asarray(it.decompose(cart, kind)))
+    return OutputMap(kind, it.dim(kind), "exp").double().fit(x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matrix_form_is_an_isometry(kind):
+    A = matrix_form(kind)
+    assert np.allclose(A.T @ A, np.eye(it.dim(kind)), atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), improper=st.booleans(), kind=st.sampled_from(KINDS),
+       spread=st.floats(0.0, 3.0))
+def test_exp_output_is_equivariant_and_positive_definite(seed, improper, kind, spread):
+    out = _fitted(kind)
+    y = torch.as_tensor(np.random.default_rng(seed).normal(size=(4, it.dim(kind))) * spread)
+    x = out(y)
+    D = torch.as_tensor(np.asarray(it.wigner_D(kind, _rotation(seed, improper))))
+    # the scale/shift are per irrep block, hence commute with D: rotate the latent, rotate the output
+    assert torch.allclose(out(y @ D.T), x @ D.T, atol=1e-8 * (1 + x.abs().max()))
+    cart = np.asarray(it.compose(x.detach().numpy(), kind))
+    if kind == "dielectric":
+        assert np.linalg.eigvalsh(cart).min() > 1.0
+    else:
+        assert np.linalg.eigvalsh(np.asarray(it.to_mandel(cart, "elastic"))).min() > 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exp_output_has_finite_gradients_at_isotropic_inputs(kind):
+    out = _fitted(kind)
+    y = torch.zeros(2, it.dim(kind), dtype=torch.float64)
+    y[:, 0] = -out.shift[0] / out.scale[0]  # latent L = 0: expm at a fully degenerate matrix
+    y[1, 0] += 0.3
+    y.requires_grad_(True)
+    out(y).pow(2).sum().backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_latent_round_trip(kind):
+    out = _fitted(kind, seed=1)
+    rng = np.random.default_rng(2)
+    y = torch.as_tensor(rng.normal(size=(5, it.dim(kind))) * 0.5)
+    assert torch.allclose(out.latent_target(out(y)), y, atol=1e-7)
+
+
+def test_exp_floors_non_positive_definite_targets():
+    out = OutputMap("elastic", 21, "exp").double()
+    bad = np.asarray(it.decompose(np.asarray(it.from_mandel(-np.eye(6) * 10, "elastic")), "elastic"))
+    good = np.asarray(it.decompose(np.asarray(it.from_mandel(np.eye(6) * 100, "elastic")), "elastic"))
+    x = torch.as_tensor(np.stack([good, bad]))
+    assert out.not_positive_definite(x) == [1]
+    out.fit(x)
+    assert torch.isfinite(out.shift).all() and torch.isfinite(out.scale).all()
+
+
+def test_exp_is_refused_for_piezoelectric():
+    with pytest.raises(ValueError, match="applies to dielectric, elastic"):
+        OutputMap("piezoelectric", 18, "exp")
+    with pytest.raises(ValueError, match="unknown output transform"):
+        OutputMap("dielectric", 6, "softplus")
+
+
+def test_output_buffers_stay_float64_when_the_model_is_cast():
+    model = TensorPredictor(
+        trunk={"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o+2x2e", "num_layers": 1, "cutoff": 4.0,
+               "num_basis": 4, "radial_hidden": [8]},
+        heads={"dielectric": {"output": "exp"}},
+    )
+    model.outputs["dielectric"].scale.fill_(1.0 / 3.0)
+    model = model.float()
+    assert model.outputs["dielectric"].scale.dtype == torch.float64
+    assert model.config["heads"]["dielectric"]["output"] == "exp"
+    assert TensorPredictor.from_config(model.config).outputs["dielectric"].transform == "exp"
+
+
+def test_relative_and_log_losses():
+    pred = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    true = torch.tensor([[1.0, 0.0], [0.05, 0.0]])
+    mask = torch.tensor([True, True])
+    # relative: ||e|| / max(||true||, floor): 1/1 and 0.05/0.1
+    got = masked_loss(pred, true, mask, "relative", floor=0.1)
+    assert got.item() == pytest.approx((1.0 + 0.5) / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="floor"):
+        masked_loss(pred, true, mask, "relative")
+    # log: the frobenius form on latent coordinates
+    scale = torch.ones(2)
+    assert masked_loss(pred, true, mask, "log", scale=scale).item() == pytest.approx(
+        masked_loss(pred, true, mask, "frobenius", scale=scale).item())
+
+
+def test_log_loss_needs_an_exp_output():
+    from irreptensor_ml.train.module import TensorLightningModule
+
+    trunk = {"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o+2x2e", "num_layers": 1, "cutoff": 4.0,
+             "num_basis": 4, "radial_hidden": [8]}
+    with pytest.raises(ValueError, match="needs an output transform with a log space"):
+        TensorLightningModule({"dielectric": "1x0e+1x2e"}, {"trunk": trunk}, {"type": "log"})
+    with pytest.raises(ValueError, match="not trained properties"):
+        TensorLightningModule({"dielectric": "1x0e+1x2e"}, {"trunk": trunk, "outputs": {"elastic": "exp"}})
+
+
+def test_format_1_model_file_is_converted(tmp_path):
+    """A model.pt of format 1 (normalizers stored beside a model without output maps) loads and
+    predicts physical units."""
+    from irreptensor_ml.data.normalization import IrrepNormalizer
+    from irreptensor_ml.train import load_model
+
+    trunk = {"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o+2x2e", "num_layers": 1, "cutoff": 4.0,
+             "num_basis": 4, "radial_hidden": [8]}
+    model = TensorPredictor(trunk=trunk, heads={"dielectric": None})
+    norm = IrrepNormalizer().fit(torch.randn(10, 6, dtype=torch.float64) * 5 + 7, "1x0e+1x2e")
+    old_state = {k: v for k, v in model.state_dict().items() if not k.startswith("outputs.")}
+    payload = {"format": "irreptensor_ml.model", "format_version": 1, "model_config": model.config,
+               "state_dict": old_state, "normalizers": {"dielectric": norm.state_dict()},
+               "config": {"data": {"cutoff": 4.0}}, "info": {}}
+    torch.save(payload, tmp_path / "model.pt")
+    loaded, norms, _ = load_model(tmp_path / "model.pt")
+    assert torch.equal(loaded.outputs["dielectric"].scale, norm.scale)
+    assert torch.equal(norms["dielectric"].shift, norm.shift)
