@@ -164,10 +164,13 @@ def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetriz
     ``t2`` and ``x2`` are the per-tensor ``|T|^2`` and ``|x|^2``: their difference is ``|T - P T|^2``.
     """
     total = t2.sum()
-    if not np.isfinite(total):
+    # squares below ~1e-250 lose their precision in subnormal numbers (e.g. entries of 1e-160)
+    tiny = bool(((t2 < 1e-250) & (t2 != 0)).any()) or (
+        bool((t2 == 0).any()) and bool(np.abs(to_numpy64(flat)).max(initial=0.0) > 0))
+    if not np.isfinite(total) or tiny:
         if not np.isfinite(to_numpy64(flat)).all():
             raise non_finite_error(f"{k.name} tensor", to_numpy64(flat), batch)
-        # finite entries whose squares overflow: recheck on a rescaled copy
+        # finite entries whose squares overflow or underflow: recheck on a rescaled copy
         scale = np.abs(to_numpy64(flat)).max(-1, keepdims=True)
         scale[scale == 0] = 1.0
         f = to_numpy64(flat) / scale
