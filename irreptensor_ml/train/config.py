@@ -108,10 +108,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
                 f"unknown key(s) {bad} in config section {section!r}; known: {sorted(defaults[section])}"
             )
     model = config.get("model", {})
-    bad = sorted(set(model) - set(defaults["model"]))
+    bad = sorted(set(model) - set(defaults["model"]) - {"outputs"})
     if bad:
         raise ValueError(
-            f"unknown key(s) {bad} in config section 'model'; known: {sorted(defaults['model'])}"
+            f"unknown key(s) {bad} in config section 'model'; known: {sorted({*defaults['model'], 'outputs'})}"
         )
     if not isinstance(config.get("seed", 0), int):
         raise ValueError(f"seed must be an int, got {config.get('seed')!r}")
