@@ -110,10 +110,6 @@ class OutputMap(nn.Module):
             self.register_buffer("A", A, persistent=False)
             self.offset = _OFFSET[kind]
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"transform": self.transform}
-
     def _apply(self, fn: Any, recurse: bool = True) -> "OutputMap":
         # Casting the model (``.float()``, ``.to(dtype)``) moves these buffers but keeps them
         # float64: they carry physical scales over orders of magnitude (forward casts them).

@@ -33,6 +33,7 @@ from e3nn import o3
 from torchmetrics import MeanMetric
 
 from irreptensor_ml.data.normalization import IrrepNormalizer
+from irreptensor_ml.metrics import RELATIVE_ERROR_FLOORS
 from irreptensor_ml.model import TensorPredictor
 
 __all__ = ["TensorLightningModule", "masked_loss"]
@@ -258,8 +259,6 @@ class TensorLightningModule(lightning.LightningModule):
 
     def _loss_term(self, prop: str, latent: torch.Tensor, phys: torch.Tensor, batch: Any) -> torch.Tensor:
         """Masked loss of ``prop`` (see the module doc)."""
-        from irreptensor_ml.metrics import RELATIVE_ERROR_FLOORS
-
         kind = self.loss_types[prop]
         out_map = self.model.outputs[prop]
         mask = batch.masks[prop]
