@@ -136,6 +136,9 @@ def validate_config(config: Mapping[str, Any]) -> None:
     for prop, w in (loss.get("weights") or {}).items():
         if not isinstance(w, (int, float)) or w < 0:
             raise ValueError(f"loss.weights.{prop} must be a number >= 0, got {w!r}")
+    max_epochs = config.get("trainer", {}).get("max_epochs", 1)
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
     optim = config.get("optim", {})
     if optim.get("scheduler", "cosine") not in _SCHEDULERS:
         raise ValueError(f"optim.scheduler must be one of {_SCHEDULERS}, got {optim.get('scheduler')!r}")
