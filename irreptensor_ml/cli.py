@@ -12,8 +12,10 @@ predicted tensor as a Voigt matrix (order xx, yy, zz, yz, xz, xy; elastic 6x6 GP
 elastic; mean eigenvalue for dielectric; max |e_ij| for piezoelectric).
 
 User errors (a missing file, a file that is not a structure, an unknown property, a property the
-model has no head for, a bad config or ``--set``) print ONE line ``irreptensor-ml <command>: error: ...`` to
+model has no head for, a bad or unfinished model/run directory, a bad config or ``--set``, a run
+directory another training is using) print ONE line ``irreptensor-ml <command>: error: ...`` to
 stderr and exit with status 2 (argparse's convention); ``--debug`` re-raises them with a traceback.
+A training stopped by SIGTERM prints one line and exits with 143 (128 + SIGTERM).
 
 Adding a subcommand (e.g. ``transfer``): write ``_add_<name>(subparsers)`` that creates the
 subparser and sets ``func=<handler(args) -> int>``, and append it to :data:`SUBCOMMANDS`.
@@ -72,7 +74,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = Path(args.config).stem if args.config else "default"
         run_dir = Path("runs") / f"{name}-{stamp}"
 
-    model_path = fit(config, run_dir)
+    from irreptensor_ml.train.fit import RunDirectoryLocked, TrainingInterrupted
+
+    try:
+        model_path = fit(config, run_dir)
+    except RunDirectoryLocked as exc:
+        raise CLIError(str(exc)) from exc
+    except TrainingInterrupted as exc:  # one line, and the signal's exit status (143)
+        print(f"{PROG} train: {exc}", file=sys.stderr)
+        return int(exc.code)
     print(f"run written to {run_dir}; model: {model_path}")
     return 0
 
@@ -223,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 user error)."""
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 143 training stopped by SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

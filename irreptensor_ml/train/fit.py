@@ -6,13 +6,23 @@
 * ``run_info.json``: configuration, data-file SHA-256 hashes, the train/val/test split of every
   material, data summary, package versions, hardware, start/end times, epochs, best score;
 * ``checkpoints/last.ckpt`` (every epoch) and ``checkpoints/best-*.ckpt`` (lowest ``val/loss``);
-* ``metrics.csv`` (Lightning :class:`~lightning.pytorch.loggers.CSVLogger`; the history of an
-  interrupted run is kept when it resumes) and ``hparams.yaml``;
-* ``model.pt``: weights-only export of the best checkpoint (see :mod:`.checkpoint`).
+* ``metrics.csv`` (Lightning's CSV logger): the whole history of the run, earlier sessions
+  first, replaced atomically at every checkpoint, so no interruption loses rows;
+  ``hparams.yaml``;
+* ``model.pt``: weights-only export of the best checkpoint (see :mod:`.checkpoint`);
+* ``.lock``: held (``flock``) while a training runs; a second training into the same directory
+  stops with :class:`RunDirectoryLocked`.  The lock dies with its process, so it is never stale.
 
-If ``run_dir/checkpoints/last.ckpt`` exists the run resumes from it (model, optimizer, scheduler,
-epoch counter, early-stopping and checkpoint callbacks), so an interrupted job restarted with the
-same command continues where it stopped; raising ``trainer.max_epochs`` extends a finished run.
+If ``run_dir/checkpoints`` holds a checkpoint the run resumes from the one with the most steps
+(model, optimizer, scheduler, epoch counter, early-stopping and checkpoint callbacks), so an
+interrupted job restarted with the same command continues where it stopped, also after the run
+directory was moved; raising ``trainer.max_epochs`` extends a finished run.  Checkpoints are
+verified first: a truncated or foreign one is named in a one-line :class:`ModelFileError`.
+
+A run stopped by SIGTERM records ``status: "interrupted"`` in ``run_info.json`` and raises
+:class:`TrainingInterrupted` (exit status 143); one that fails records ``"failed"`` and its
+error.  Without ``model.pt`` a run directory is refused by ``load_model`` (and so by
+``predict``/``evaluate``) until it finishes.
 
 Multi-GPU / multi-node training uses Lightning's DDP: set ``trainer.strategy: ddp``,
 ``trainer.devices`` and ``trainer.num_nodes`` (launch one process per node, e.g. with
@@ -22,15 +32,19 @@ the command, so use ``python -m irreptensor_ml.train`` or a script, not an inter
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import signal
+import socket
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
@@ -38,21 +52,34 @@ from lightning.pytorch.callbacks import (
     TQDMProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from irreptensor_ml.data.datamodule import TensorDataModule
-from irreptensor_ml.train.checkpoint import MODEL_FILE, save_model
+from irreptensor_ml.train.checkpoint import (
+    CHECKPOINT_DIR,
+    MODEL_FILE,
+    newest_checkpoint,
+    save_model,
+)
 from irreptensor_ml.train.config import load_config
 from irreptensor_ml.train.module import TensorLightningModule
 from irreptensor_ml.train.provenance import (
     hardware_info,
-    merge_metrics_csv,
     package_versions,
     python_command,
+    read_metrics_csv,
     write_json,
+    write_metrics_csv,
     write_yaml,
 )
 
-__all__ = ["fit", "build_trainer", "MONITOR"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run-directory lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["fit", "build_trainer", "MONITOR", "RunDirectoryLocked", "TrainingInterrupted", "EXIT_SIGTERM"]
 
 #: default metric watched by checkpointing and early stopping (``TensorLightningModule.monitor``).
 MONITOR = "val/loss"
@@ -71,23 +98,124 @@ _TRAINER_PASSTHROUGH = (
 )
 
 
+#: exit status of a training stopped by SIGTERM (the shell's 128 + signal number).
+EXIT_SIGTERM = 128 + int(signal.SIGTERM)
+LOCK_FILE = ".lock"
+
+
+class RunDirectoryLocked(RuntimeError):
+    """Another training is writing into the run directory (it holds ``run_dir/.lock``)."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGTERM stopped the training: ``run_info.json`` says ``"interrupted"``, no ``model.pt``
+    was exported by this session, and the same command resumes from the last checkpoint.  A
+    ``SystemExit`` with code :data:`EXIT_SIGTERM`, so an uncaught one exits non-zero."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_SIGTERM)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def build_trainer(config: Mapping[str, Any], run_dir: Path, monitor: str = MONITOR) -> lightning.Trainer:
+class _RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that follows a moved run directory.
+
+    Lightning keeps the best/last bookkeeping of a checkpoint only if its recorded ``dirpath``
+    is the current one; after a move it forgets it (the old best file is never replaced, the
+    next ``last.ckpt`` becomes ``last-v1.ckpt``).  Here paths recorded under the old folder are
+    mapped into the current one, since a run only resumes from its own checkpoints.  The state
+    key is ``ModelCheckpoint``'s, so checkpoints written by either class resume alike."""
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key
+        return "ModelCheckpoint" + key[len(type(self).__qualname__):]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and os.path.normpath(old) != os.path.normpath(self.dirpath):
+            def moved(path: Any) -> Any:
+                if not isinstance(path, str) or not path:
+                    return path
+                rel = os.path.relpath(path, old)
+                return path if rel.startswith("..") else os.path.join(self.dirpath, rel)
+
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = moved(state_dict[key])
+            if "best_k_models" in state_dict:
+                state_dict["best_k_models"] = {moved(k): v for k, v in state_dict["best_k_models"].items()}
+        super().load_state_dict(state_dict)
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that ``metrics.csv`` holds the earlier sessions' rows
+    followed by this session's and is replaced atomically at each save: Lightning's writer
+    deletes the file when a session starts and appends to it, which loses the history of a
+    resume that does not end normally."""
+
+    def __init__(self, log_dir: str, history: Sequence[Mapping[str, Any]]) -> None:
+        self._rows: list[Mapping[str, Any]] = list(history)
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the earlier ``metrics.csv``: the first save replaces it, merged."""
+
+    def save(self) -> None:
+        if self.metrics:
+            self._rows.extend(self.metrics)
+            self.metrics = []
+            write_metrics_csv(self.metrics_file_path, self._rows)
+
+
+class _HistoryCSVLogger(CSVLogger):
+    """CSV logger of ``run_dir/metrics.csv`` (and ``hparams.yaml``) that keeps ``history`` (the
+    rows of earlier sessions) and saves after every checkpoint, so the file on disk is never
+    older than the newest checkpoint."""
+
+    def __init__(self, run_dir: Path, history: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(save_dir=str(run_dir), name="", version="")
+        self._history = list(history)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self._history)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self.save()
+
+
+def build_trainer(
+    config: Mapping[str, Any],
+    run_dir: Path,
+    monitor: str = MONITOR,
+    history: Sequence[Mapping[str, Any]] = (),
+) -> lightning.Trainer:
     """Lightning ``Trainer`` with checkpointing (``save_last``, best by ``monitor``), early
     stopping on ``monitor``, LR monitor, progress bar and a CSV logger writing
-    ``run_dir/metrics.csv``."""
+    ``run_dir/metrics.csv`` (after the rows ``history`` of earlier sessions)."""
     tcfg = dict(config["trainer"])
     callbacks: list[lightning.Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
+        _RunCheckpoint(
+            dirpath=Path(run_dir) / CHECKPOINT_DIR,
             filename="best-{epoch:04d}",
             monitor=monitor,
             mode="min",
             save_top_k=1,
             save_last=True,
+            enable_version_counter=False,  # last.ckpt is replaced, never joined by last-v1.ckpt
         ),
         EarlyStopping(monitor=monitor, mode="min", patience=int(tcfg["early_stopping_patience"])),
         LearningRateMonitor(logging_interval="epoch"),
@@ -98,10 +226,47 @@ def build_trainer(config: Mapping[str, Any], run_dir: Path, monitor: str = MONIT
     return lightning.Trainer(
         max_epochs=int(tcfg["max_epochs"]),
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        logger=_HistoryCSVLogger(Path(run_dir), history),
         default_root_dir=str(run_dir),
         **kwargs,
     )
+
+
+def _is_rank_zero_process() -> bool:
+    """Whether this process is global rank 0 by its environment: every rank variable a DDP
+    launcher sets (Lightning's workers, torchrun, SLURM, other nodes) is unset or 0.  Only this
+    process locks the run directory; the others run under its lock."""
+    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+    return all(os.environ.get(n, "0").strip() in ("", "0") for n in names)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``run_dir/.lock`` (released when the block or the process
+    ends, so a killed training leaves no stale lock); :class:`RunDirectoryLocked` if another
+    process holds it."""
+    if fcntl is None or not _is_rank_zero_process():
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = " ".join(fh.read().split())
+            raise RunDirectoryLocked(
+                f"run directory {str(run_dir)!r} is in use by another training "
+                f"({holder or 'see ' + str(path)}); wait for it to end or choose another run directory"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def fit(
@@ -120,15 +285,35 @@ def fit(
         overrides: ``"section.key=value"`` strings applied last.
         datamodule: an already built data module to use instead of one from ``config["data"]``
             (its settings are what gets recorded).
-        resume: continue from ``run_dir/checkpoints/last.ckpt`` when it exists.
+        resume: continue from the newest checkpoint of ``run_dir/checkpoints`` when there is one.
+
+    Raises:
+        RunDirectoryLocked: another training is writing into ``run_dir``.
+        ModelFileError: a checkpoint to resume from is unreadable (named in the message).
+        TrainingInterrupted: SIGTERM stopped the training (recorded in ``run_info.json``).
     """
     cfg = load_config(config, overrides)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir):
+        return _fit_locked(cfg, run_dir, datamodule, resume)
+
+
+def _fit_locked(
+    cfg: dict[str, Any], run_dir: Path, datamodule: TensorDataModule | None, resume: bool
+) -> Path:
+    """:func:`fit` once ``run_dir`` is locked."""
     threads = cfg["trainer"].get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
     lightning.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+
+    # verify what a resume starts from before the (slow) data loading
+    found = newest_checkpoint(run_dir) if resume else None
+    ckpt_path = str(found[0]) if found else None
+    info_path = run_dir / "run_info.json"
+    metrics_path = run_dir / "metrics.csv"
+    history = read_metrics_csv(metrics_path, max_epoch=found[1]["epoch"]) if found else []
 
     dm = datamodule if datamodule is not None else TensorDataModule(cfg["data"])
     dm.prepare_data()
@@ -136,8 +321,6 @@ def fit(
     if datamodule is not None:
         cfg["data"] = dm.config.to_dict()
 
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.is_file() else None
     module = TensorLightningModule(
         irreps=dm.irreps,
         model=cfg["model"],
@@ -145,7 +328,7 @@ def fit(
         optim=cfg["optim"],
         max_epochs=int(cfg["trainer"]["max_epochs"]),
         run_config=cfg,
-        train_targets={p: dm.train_dataset.targets(p) for p in dm.irreps},
+        train_targets=dm.training_targets(),
     )
     # the effective trunk (a pretrained trunk brings its own settings) must match the graphs
     if module.model.trunk.cutoff != float(cfg["data"]["cutoff"]):
@@ -154,16 +337,14 @@ def fit(
             " (a pretrained trunk keeps the cutoff it was trained with)"
         )
     cfg["model"]["trunk"] = dict(module.model.trunk.config)
-    trainer = build_trainer(cfg, run_dir, module.monitor)
+    trainer = build_trainer(cfg, run_dir, module.monitor, history)
 
-    info_path = run_dir / "run_info.json"
-    metrics_path = run_dir / "metrics.csv"
-    previous_metrics = metrics_path.read_text() if ckpt_path and metrics_path.is_file() else ""
     started = time.time()
     info: dict[str, Any] = {
         "started": _now(),
         "resumed_from": ckpt_path,
         "command": python_command(),
+        "pid": os.getpid(),
         "config": cfg,
         "data": {
             "hashes": dm.data_hashes(),
@@ -190,12 +371,21 @@ def fit(
         write_yaml(run_dir / "config.yaml", cfg)
         write_json(info_path, info)
 
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as exc:
+        if trainer.is_global_zero:
+            _record_stop(info_path, info, trainer, started, exc)
+        if isinstance(exc, SIGTERMException):
+            raise TrainingInterrupted(
+                f"training in {str(run_dir)!r} interrupted by SIGTERM after {int(trainer.current_epoch)} "
+                f"epoch(s); no {MODEL_FILE} exported, run_info.json status 'interrupted'; the same "
+                "command resumes from the last checkpoint"
+            ) from exc
+        raise
 
     model_path = run_dir / MODEL_FILE
     if trainer.is_global_zero:
-        if previous_metrics:
-            merge_metrics_csv(previous_metrics, metrics_path)
         ckpt_cb = trainer.checkpoint_callback
         best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
         if best and Path(best).is_file():
@@ -218,3 +408,28 @@ def fit(
         )
         write_json(info_path, info)
     return model_path
+
+
+def _record_stop(
+    info_path: Path, info: dict[str, Any], trainer: lightning.Trainer, started: float, exc: BaseException
+) -> None:
+    """Write ``run_info.json`` for a training that did not return: status ``"interrupted"``
+    (SIGTERM, Ctrl-C, another exit) or ``"failed"`` with the error's first line."""
+    stopped = isinstance(exc, (SystemExit, KeyboardInterrupt))
+    ckpt_cb = trainer.checkpoint_callback
+    info.update(
+        status="interrupted" if stopped else "failed",
+        stopped=_now(),
+        wall_time_s=round(time.time() - started, 3),
+        epochs_completed=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+    )
+    if isinstance(exc, SIGTERMException):
+        info["signal"] = "SIGTERM"
+    elif isinstance(exc, SystemExit):
+        info["exit_code"] = exc.code  # Lightning turns Ctrl-C into sys.exit(1)
+    if not stopped:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        info["error"] = f"{type(exc).__name__}: {first}".rstrip(": ")
+    write_json(info_path, info)

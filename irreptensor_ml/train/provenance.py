@@ -26,7 +26,8 @@ __all__ = [
     "hardware_info",
     "write_json",
     "write_yaml",
-    "merge_metrics_csv",
+    "read_metrics_csv",
+    "write_metrics_csv",
     "python_command",
 ]
 
@@ -106,27 +107,39 @@ def write_yaml(path: str | os.PathLike[str], obj: Mapping[str, Any]) -> None:
     _atomic_write_text(Path(path), yaml.safe_dump(dict(obj), sort_keys=False))
 
 
-def merge_metrics_csv(previous: str, path: str | os.PathLike[str]) -> None:
-    """Prepend the rows of an earlier ``metrics.csv`` (its text ``previous``) to ``path``.
+def read_metrics_csv(path: str | os.PathLike[str], max_epoch: int | None = None) -> list[dict[str, str]]:
+    """Rows of a ``metrics.csv`` (none if the file is absent or empty).
 
-    Lightning's CSVLogger starts a fresh file when a run resumes; this keeps the full history
-    in one file, with the union of the columns.
-    """
+    With ``max_epoch``, rows of later epochs are dropped: when a run resumes from the checkpoint
+    of epoch ``max_epoch``, those rows belong to an epoch it trains again."""
     path = Path(path)
-    old_rows = list(csv.DictReader(io.StringIO(previous))) if previous.strip() else []
-    new_rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
-    if not old_rows:
-        return
-    fields: list[str] = []
-    for row in old_rows + new_rows:
-        for key in row:
-            if key not in fields:
-                fields.append(key)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if max_epoch is None:
+        return rows
+
+    def epoch(row: Mapping[str, str]) -> float:
+        try:
+            return float(row.get("epoch") or "nan")
+        except ValueError:
+            return float("nan")
+
+    return [r for r in rows if not epoch(r) > max_epoch]
+
+
+def write_metrics_csv(path: str | os.PathLike[str], rows: list[Mapping[str, Any]]) -> None:
+    """Atomically write ``rows`` as CSV (temp file + rename, so a reader or a killed process
+    never sees a partial file); the columns are the union of the rows' keys, in first-seen order."""
+    fields: dict[str, None] = {}
+    for row in rows:
+        fields.update(dict.fromkeys(row))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer = csv.DictWriter(buf, fieldnames=list(fields))
     writer.writeheader()
-    writer.writerows(old_rows + new_rows)
-    _atomic_write_text(path, buf.getvalue())
+    writer.writerows(rows)
+    _atomic_write_text(Path(path), buf.getvalue())
 
 
 def python_command() -> list[str]:
