@@ -38,28 +38,44 @@ class PropertyPredictions:
     """Predictions and targets of one property over a split, physical units.
 
     Attributes:
-        property: the property name.
+        property: the property name, or ``"<property>_<part>"`` for a part
+            (``dielectric_electronic``).
         material_ids: ``N`` sample labels (``Batch.material_ids``).
-        pred_irreps, true_irreps: ``(N, dim)`` float64 irreps (``irreptensor.irreps(property)``).
+        pred_irreps, true_irreps: ``(N, dim)`` float64 irreps (``irreptensor.irreps(kind)``).
+        kind: the tensor kind (``property`` itself, or the property a part belongs to).
     """
 
     property: str
     material_ids: list[str]
     pred_irreps: np.ndarray
     true_irreps: np.ndarray
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        self.kind = self.kind or self.property
 
     @property
     def pred(self) -> np.ndarray:
         """``(N, 3, ..., 3)`` predicted Cartesian tensors."""
-        return np.asarray(it.compose(self.pred_irreps, self.property), dtype=np.float64)
+        return np.asarray(it.compose(self.pred_irreps, self.kind), dtype=np.float64)
 
     @property
     def true(self) -> np.ndarray:
         """``(N, 3, ..., 3)`` target Cartesian tensors."""
-        return np.asarray(it.compose(self.true_irreps, self.property), dtype=np.float64)
+        return np.asarray(it.compose(self.true_irreps, self.kind), dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.material_ids)
+
+    def subset(self, keep: Sequence[bool]) -> "PropertyPredictions":
+        """The rows where ``keep`` is True (e.g. the materials of one source)."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"subset: keep has shape {keep.shape}, expected ({len(self)},)")
+        return dataclasses.replace(
+            self, material_ids=[m for m, k in zip(self.material_ids, keep) if k],
+            pred_irreps=self.pred_irreps[keep], true_irreps=self.true_irreps[keep],
+        )
 
 
 @dataclasses.dataclass
@@ -90,10 +106,11 @@ def collect_predictions(
             irreps units (the normalization and output transform live in the model).
         batches: iterable of :class:`~irreptensor_ml.data.batch.Batch` (targets in physical
             irreps units, ``masks[prop]`` marking samples that have the property).
-        properties: properties to collect; default every head.
+        properties: properties to collect; default every head.  A head with parts also gives
+            ``"<prop>_<part>"`` entries (where the batches have those targets).
 
     Returns:
-        ``{prop: PropertyPredictions}`` for properties with at least one masked-in sample.
+        ``{key: PropertyPredictions}`` for keys with at least one masked-in sample.
 
     Raises:
         ValueError: a requested property has no head in the model.
@@ -104,15 +121,19 @@ def collect_predictions(
         M.check_property(p)
         if p not in heads:
             raise ValueError(f"model has no head for property {p!r} (heads: {', '.join(heads)})")
+    kinds = {p: p for p in props}
+    for p in props:
+        for part in getattr(model.outputs[p], "parts", ()) if hasattr(model, "outputs") else ():
+            kinds[f"{p}_{part}"] = p
     dtype, device = _model_dtype_device(model)
     was_training = model.training
     model.eval()
-    ids: dict[str, list[str]] = {p: [] for p in props}
-    preds: dict[str, list[torch.Tensor]] = {p: [] for p in props}
-    trues: dict[str, list[torch.Tensor]] = {p: [] for p in props}
+    ids: dict[str, list[str]] = {p: [] for p in kinds}
+    preds: dict[str, list[torch.Tensor]] = {p: [] for p in kinds}
+    trues: dict[str, list[torch.Tensor]] = {p: [] for p in kinds}
     try:
         for batch in batches:
-            present = [p for p in props if p in batch.masks and bool(batch.masks[p].any())]
+            present = [p for p in kinds if p in batch.masks and bool(batch.masks[p].any())]
             if not present:
                 continue
             out = model(batch.to(device, dtype))
@@ -125,20 +146,25 @@ def collect_predictions(
     finally:
         model.train(was_training)
     return {
-        p: PropertyPredictions(p, ids[p], torch.cat(preds[p]).numpy(), torch.cat(trues[p]).numpy())
-        for p in props
+        p: PropertyPredictions(p, ids[p], torch.cat(preds[p]).numpy(), torch.cat(trues[p]).numpy(), kinds[p])
+        for p in kinds
         if preds[p]
     }
 
 
 def compute_metrics(predictions: Mapping[str, PropertyPredictions]) -> dict[str, dict[str, float]]:
-    """``{prop: metrics.tensor_metrics(...)}`` for each property's predictions."""
-    return {
-        p: M.tensor_metrics(
-            d.pred, d.true, p, pred_irreps=d.pred_irreps, true_irreps=d.true_irreps
-        )
-        for p, d in predictions.items()
-    }
+    """``{key: metrics.tensor_metrics(...)}`` for each property's (or part's) predictions; the
+    electronic dielectric part also gets the refractive-index metrics
+    (:func:`irreptensor_ml.metrics.refractive_index_metrics`)."""
+    out = {}
+    for p, d in predictions.items():
+        pred, true = d.pred, d.true
+        part = p[len(d.kind) + 1:] if p != d.kind else None
+        out[p] = M.tensor_metrics(pred, true, d.kind, pred_irreps=d.pred_irreps, true_irreps=d.true_irreps,
+                                  part=part)
+        if p == "dielectric_electronic":
+            out[p].update(M.refractive_index_metrics(pred, true))
+    return out
 
 
 def _json_float(x: float) -> float | None:
@@ -151,14 +177,14 @@ def predictions_to_json(predictions: Mapping[str, PropertyPredictions]) -> dict[
     dielectric as the 3x3 matrix."""
     out: dict[str, list[dict[str, Any]]] = {}
     for p, d in predictions.items():
-        pred, true = d.pred, d.true
-        if p == "dielectric":
+        pred, true, kind = d.pred, d.true, d.kind
+        if kind == "dielectric":
             pv, tv = pred, true
         else:
-            pv = np.asarray(it.to_voigt(pred, p))
-            tv = np.asarray(it.to_voigt(true, p))
-        dp, dt = M.derived_scalars(pred, p), M.derived_scalars(true, p)
-        rel = M.relative_frobenius_error(pred, true, M.RELATIVE_ERROR_FLOORS[p])
+            pv = np.asarray(it.to_voigt(pred, kind))
+            tv = np.asarray(it.to_voigt(true, kind))
+        dp, dt = M.derived_scalars(pred, kind), M.derived_scalars(true, kind)
+        rel = M.relative_frobenius_error(pred, true, M.RELATIVE_ERROR_FLOORS[kind])
         out[p] = [
             {
                 "material_id": mid,
@@ -217,7 +243,7 @@ def evaluate_model(
             **dict(extra or {}),
             "n_samples": {p: len(d) for p, d in predictions.items()},
             "metrics": {p: {k: _json_float(v) for k, v in m.items()} for p, m in metrics.items()},
-            "floors": {p: M.RELATIVE_ERROR_FLOORS[p] for p in metrics},
+            "floors": {p: M.RELATIVE_ERROR_FLOORS[d.kind] for p, d in predictions.items()},
             "definitions": "see irreptensor_ml.metrics: relative error = ||pred-true||_F / "
             "max(||true||_F, floor); ewtX = share with relative error < X %; *_above_floor = "
             "restricted to ||true||_F >= floor",
@@ -230,7 +256,7 @@ def evaluate_model(
             files.extend(
                 plot_run(
                     {p: {"pred": d.pred, "true": d.true, "pred_irreps": d.pred_irreps,
-                         "true_irreps": d.true_irreps} for p, d in predictions.items()},
+                         "true_irreps": d.true_irreps, "kind": d.kind} for p, d in predictions.items()},
                     out, metrics_csv=metrics_csv,
                 )
             )
@@ -256,7 +282,7 @@ def split_batches(datamodule: Any, split: str, dtype: torch.dtype) -> Iterable[A
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     dataset = getattr(datamodule, f"{split}_dataset")
-    dims = dict(datamodule.dims)
+    dims = {**datamodule.dims, **getattr(datamodule, "part_dims", {})}
     return DataLoader(
         dataset,
         batch_size=int(datamodule.config.batch_size),

@@ -25,6 +25,18 @@ dimensionless, piezoelectric C/m^2):
   ``mean_eigenvalue`` (= trace / 3); piezoelectric ``max_abs_e`` (= max_ij |e_ij| of the 3x6 Voigt
   matrix = max_ijk |e_ijk|, since ``e_iJ = e_ijk`` without factors).
 
+Further metrics, per property (:func:`tensor_metrics` adds them):
+
+* dielectric (the total, not a part): ``n_eigenvalue_below_1`` -- predictions with an eigenvalue
+  below 1 (unphysical for a static dielectric tensor); for the electronic part
+  :func:`refractive_index_metrics` gives ``refractive_index_mae`` with ``n = sqrt(trace / 3)``.
+* elastic: ``n_not_positive_definite`` (predictions whose Mandel matrix has an eigenvalue <= 0:
+  not Born-stable) and the Zener ratio ``A = 2 C44 / (C11 - C12)`` on samples whose TRUE tensor
+  has cubic form in the data frame (:func:`zener_metrics`: ``zener_n``, ``zener_mae``,
+  ``zener_mae_guess_1`` for the isotropic guess A = 1, ``zener_n_pred_isotropic``).
+* piezoelectric, sign-free (a polar axis of opposite sign flips the whole tensor):
+  :func:`piezo_sign_free_metrics`.
+
 Near-zero targets. Many piezoelectric tensors are (numerically) zero, and a plain relative error
 ``||pred - true|| / ||true||`` would explode for them. We therefore divide by
 ``max(||true||_F, floor)`` with a per-property floor (:data:`RELATIVE_ERROR_FLOORS`: piezoelectric
@@ -286,6 +298,7 @@ def tensor_metrics(
     true_irreps: Any | None = None,
     floor: float | None = None,
     thresholds: Sequence[float] = EWT_THRESHOLDS,
+    part: str | None = None,
 ) -> dict[str, float]:
     """All metrics of the module docstring for one property, as a flat ``{name: float}`` dict.
 
@@ -340,6 +353,143 @@ def tensor_metrics(
         out[f"{name}_mae"] = float(e[valid].mean()) if valid.any() else float("nan")
         if property == "elastic":  # only the Reuss bound (a matrix inverse) can fail
             out[f"{name}_n_invalid"] = float((~valid).sum())
+    if property == "dielectric" and part is None:
+        out["n_eigenvalue_below_1"] = float((np.linalg.eigvalsh(p).min(axis=1) < 1.0).sum())
+    elif property == "elastic":
+        out["n_not_positive_definite"] = float((_mandel_eigenvalues(p).min(axis=1) <= 0.0).sum())
+        out.update(zener_metrics(p, t))
+    elif property == "piezoelectric":
+        out.update(piezo_sign_free_metrics(p, t, floor=floor))
+    return out
+
+
+def refractive_index(eps_electronic: Any) -> np.ndarray:
+    """``(N,)`` refractive index ``n = sqrt(mean eigenvalue) = sqrt(trace / 3)`` of electronic
+    (high-frequency) dielectric tensors ``(N, 3, 3)`` (the isotropic average; NaN if trace < 0)."""
+    e = _as_cartesian_batch(eps_electronic, "dielectric", "eps_electronic")
+    tr = np.trace(e, axis1=1, axis2=2) / 3.0
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(tr)
+
+
+def refractive_index_metrics(pred: Any, true: Any) -> dict[str, float]:
+    """``{"refractive_index_mae": float}`` of electronic dielectric tensors ``(N, 3, 3)``
+    (:func:`refractive_index`; samples with a negative trace are left out)."""
+    n_p, n_t = refractive_index(pred), refractive_index(true)
+    return {"refractive_index_mae": float(np.nanmean(np.abs(n_p - n_t)))}
+
+
+def _mandel_eigenvalues(C: np.ndarray) -> np.ndarray:
+    return np.linalg.eigvalsh(np.asarray(it.to_mandel(C, "elastic"), dtype=np.float64))
+
+
+#: relative tolerance of "cubic form in the data frame" for :func:`zener_metrics`.
+CUBIC_FORM_RTOL = 1e-2
+#: |A - 1| below which a predicted tensor counts as isotropic.
+ISOTROPIC_ZENER_ATOL = 1e-2
+
+
+def cubic_form(C: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_cubic (N,) bool, zener (N,))``: whether each elastic tensor has cubic form in its
+    own frame (C11=C22=C33, C12=C13=C23, C44=C55=C66, other Voigt entries 0, within
+    :data:`CUBIC_FORM_RTOL` of ``||C||``) and its Zener ratio ``2 C44 / (C11 - C12)`` of the
+    cubic averages (computed for every sample)."""
+    V = np.asarray(it.to_voigt(_as_cartesian_batch(C, "elastic", "C"), "elastic"), dtype=np.float64)
+    c11 = (V[:, 0, 0] + V[:, 1, 1] + V[:, 2, 2]) / 3
+    c12 = (V[:, 0, 1] + V[:, 0, 2] + V[:, 1, 2]) / 3
+    c44 = (V[:, 3, 3] + V[:, 4, 4] + V[:, 5, 5]) / 3
+    cubic = np.zeros_like(V)
+    for i in range(3):
+        cubic[:, i, i], cubic[:, i + 3, i + 3] = c11, c44
+        for j in range(3):
+            if i != j:
+                cubic[:, i, j] = c12
+    resid = np.linalg.norm((V - cubic).reshape(len(V), -1), axis=1)
+    norm = np.linalg.norm(V.reshape(len(V), -1), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zener = 2 * c44 / (c11 - c12)
+    return resid <= CUBIC_FORM_RTOL * np.maximum(norm, 1e-300), zener
+
+
+def zener_metrics(pred: Any, true: Any) -> dict[str, float]:
+    """Zener-ratio errors on the samples whose true tensor has cubic form (:func:`cubic_form`):
+    ``zener_n``, ``zener_mae``, ``zener_mae_guess_1`` (error of guessing A = 1, isotropy),
+    ``zener_n_pred_isotropic`` / ``zener_n_true_isotropic`` (|A - 1| < :data:`ISOTROPIC_ZENER_ATOL`).
+    NaN errors when no sample is cubic."""
+    is_cubic, a_true = cubic_form(true)
+    _, a_pred = cubic_form(pred)
+    a_true, a_pred = a_true[is_cubic], a_pred[is_cubic]
+    nan = float("nan")
+    return {
+        "zener_n": float(is_cubic.sum()),
+        "zener_mae": float(np.abs(a_pred - a_true).mean()) if is_cubic.any() else nan,
+        "zener_mae_guess_1": float(np.abs(1.0 - a_true).mean()) if is_cubic.any() else nan,
+        "zener_n_pred_isotropic": float((np.abs(a_pred - 1) < ISOTROPIC_ZENER_ATOL).sum()),
+        "zener_n_true_isotropic": float((np.abs(a_true - 1) < ISOTROPIC_ZENER_ATOL).sum()),
+    }
+
+
+def _sphere_directions(n: int = 2000) -> np.ndarray:
+    """``(n + 3, 3)`` unit vectors: a Fibonacci grid on the upper hemisphere (``z >= 0``) plus the
+    three Cartesian axes (where crystal-frame tensors often peak)."""
+    k = np.arange(n) + 0.5
+    z = k / n
+    phi = np.pi * (1 + 5 ** 0.5) * k
+    r = np.sqrt(1 - z ** 2)
+    return np.concatenate([np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1), np.eye(3)])
+
+
+def max_longitudinal(e: Any, directions: int = 2000) -> np.ndarray:
+    """``(N,)`` largest longitudinal piezoelectric coefficient ``max_n |e_ijk n_i n_j n_k|`` (C/m^2)
+    over unit directions ``n`` (a hemisphere grid suffices: the value is odd in ``n``); invariant
+    under rotations and under the sign of the tensor."""
+    T = _as_cartesian_batch(e, "piezoelectric", "e")
+    n = _sphere_directions(directions)
+    cubic = np.einsum("gi,gj,gk->gijk", n, n, n).reshape(len(n), 27)
+    return np.abs(T.reshape(len(T), 27) @ cubic.T).max(axis=1) if len(T) else np.zeros(0)
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation of two ``(N,)`` arrays (average ranks for ties; NaN if N < 2 or
+    either is constant)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def piezo_sign_free_metrics(pred: Any, true: Any, *, floor: float | None = None) -> dict[str, float]:
+    """Metrics of piezoelectric predictions that do not depend on the tensor's overall sign (the
+    sign of a polar axis in the labels: see the data README) -- all rotation invariant:
+
+    * ``norm_mae`` and ``norm_spearman``: of ``||e||_F`` (C/m^2);
+    * ``block_norm_mae/<block>``: MAE of the norm of each irrep block (``1o[0]``, ``1o[1]``, ``2o``, ``3o``);
+    * ``max_longitudinal_mae`` and ``max_longitudinal_spearman``: :func:`max_longitudinal`;
+    * ``frobenius_mae_sign_free``: mean of ``min(||pred - true||, ||pred + true||)``;
+    * ``sign_agreement``: share of samples with ``||true|| >= floor`` for which ``pred`` is closer to
+      ``true`` than to ``-true`` (0.5 when the sign is a coin flip; NaN without such samples).
+    """
+    floor = RELATIVE_ERROR_FLOORS["piezoelectric"] if floor is None else float(floor)
+    p = _as_cartesian_batch(pred, "piezoelectric", "pred")
+    t = _as_cartesian_batch(true, "piezoelectric", "true")
+    out: dict[str, float] = {}
+    np_, nt = frobenius_norm(p), frobenius_norm(t)
+    out["norm_mae"] = float(np.abs(np_ - nt).mean())
+    out["norm_spearman"] = spearman(np_, nt)
+    pi, ti = as_numpy(it.decompose(p, "piezoelectric")), as_numpy(it.decompose(t, "piezoelectric"))
+    for name, sl in irrep_blocks(it.irreps("piezoelectric")):
+        out[f"block_norm_mae/{name}"] = float(
+            np.abs(np.linalg.norm(pi[:, sl], axis=1) - np.linalg.norm(ti[:, sl], axis=1)).mean()
+        )
+    lp, lt = max_longitudinal(p), max_longitudinal(t)
+    out["max_longitudinal_mae"] = float(np.abs(lp - lt).mean())
+    out["max_longitudinal_spearman"] = spearman(lp, lt)
+    minus, plus = frobenius_norm(p - t), frobenius_norm(p + t)
+    out["frobenius_mae_sign_free"] = float(np.minimum(minus, plus).mean())
+    big = nt >= floor
+    out["sign_agreement"] = float((minus[big] < plus[big]).mean()) if big.any() else float("nan")
     return out
 
 

@@ -202,7 +202,9 @@ def plot_run(
 
     Args:
         predictions: ``{property: {"pred": (N,...), "true": (N,...), "pred_irreps": (N, dim),
-            "true_irreps": (N, dim)}}`` (irreps entries optional), Cartesian, physical units.
+            "true_irreps": (N, dim), "kind": str}}`` (irreps entries optional; ``kind``, the tensor
+            kind of a part such as ``dielectric_electronic``, defaults to the key), Cartesian,
+            physical units.
         out_dir: directory for ``{prefix}parity_<property>.png`` and ``learning_curves.png``.
         metrics_csv: Lightning ``metrics.csv``; learning curves are skipped when ``None`` or the
             file does not exist.
@@ -216,7 +218,7 @@ def plot_run(
     for prop, d in predictions.items():
         written.append(
             plot_parity(
-                d["pred"], d["true"], prop, out_dir / f"{prefix}parity_{prop}.png",
+                d["pred"], d["true"], d.get("kind", prop), out_dir / f"{prefix}parity_{prop}.png",
                 pred_irreps=d.get("pred_irreps"), true_irreps=d.get("true_irreps"),
                 title=f"{prefix.strip('_') + ' ' if prefix else ''}{prop} (N = {len(d['true'])})",
             )

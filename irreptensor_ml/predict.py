@@ -29,6 +29,7 @@ import torch
 
 import irreptensor as it
 from irreptensor_ml.metrics import check_property
+from irreptensor_ml.data.records import PARTS
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -267,6 +268,7 @@ def predict_irreps(
     *,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    part: str = "total",
 ) -> np.ndarray:
     """Predicted irreps in PHYSICAL units (denormalized), ``(N, dim)`` float64 numpy.
 
@@ -275,8 +277,20 @@ def predict_irreps(
     check_property(property)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    known_parts = PARTS.get(property, ())
+    if part != "total" and part not in known_parts:
+        choices = ", ".join(repr(p) for p in ("total", *known_parts))
+        raise ValueError(f"part {part!r} of {property}: expected one of {choices}")
     loaded = load_predictor(model, property)
     loaded.require(property)
+    key = property
+    if part != "total":
+        if part not in getattr(loaded.model.outputs[property], "parts", ()):
+            raise ValueError(
+                f"this {property} model predicts only the total tensor, not the {part} part "
+                f"(train it with model.heads.{property}.parts: true)"
+            )
+        key = f"{property}_{part}"
     items = _as_structures(structures)
     dim = int(loaded.model.outputs[property].dim)
     if not items:
@@ -292,7 +306,7 @@ def predict_irreps(
     try:
         for batch in _batches(items, loaded.cutoff, batch_size):
             batch = batch.to(device, dtype)
-            outs.append(net(batch)[property].detach().to("cpu", torch.float64))
+            outs.append(net(batch)[key].detach().to("cpu", torch.float64))
     finally:
         net.train(was_training)
     return torch.cat(outs).numpy()
@@ -306,6 +320,7 @@ def predict(
     *,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    part: str = "total",
 ) -> np.ndarray | list[Any]:
     """Predict the Cartesian ``property`` tensor of each structure.
 
@@ -319,6 +334,9 @@ def predict(
             ``"pymatgen"`` -> list of ``ElasticTensor`` (elastic) or ``Tensor`` (others).
         batch_size: structures per forward pass.
         device: torch device for the model.
+        part: ``"total"`` (default), or for the dielectric tensor ``"electronic"`` (the
+            high-frequency tensor; refractive index ``n = sqrt(trace / 3)``) or ``"ionic"``
+            (models trained with parts; the shipped dielectric model is).
 
     Returns:
         Tensors in the structures' Cartesian frames (elastic GPa, piezoelectric C/m^2).
@@ -331,7 +349,7 @@ def predict(
     check_property(property)
     if as_ not in ("array", "pymatgen"):
         raise ValueError(f"as_ must be 'array' or 'pymatgen', got {as_!r}")
-    x = predict_irreps(structures, property, model, batch_size=batch_size, device=device)
+    x = predict_irreps(structures, property, model, batch_size=batch_size, device=device, part=part)
     cart = np.asarray(it.compose(x, property), dtype=np.float64)
     if as_ == "array":
         return cart

@@ -43,11 +43,13 @@ from irreptensor_ml.data.cache import file_sha256, structure_hash
 from irreptensor_ml.data.graphs import CrystalGraph, build_graphs
 from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.data.records import (
+    PARTS,
     LoadReport,
     Record,
     check_property,
     find_files,
     load_records,
+    part_key,
 )
 from irreptensor_ml.data.splits import SIDES, check_fractions, side_of, subsample_keys, universe_material_keys
 
@@ -209,6 +211,11 @@ class TensorDataModule(lightning.LightningDataModule):
         )
         self.irreps: dict[str, str] = {p: str(it.irreps(p)) for p in self.config.properties}
         self.dims: dict[str, int] = {p: o3.Irreps(s).dim for p, s in self.irreps.items()}
+        #: extra targets of the additive parts of a property (``dielectric_electronic``, ...):
+        #: in every batch (masked where a record has no parts); a head trained with parts uses them.
+        self.part_dims: dict[str, int] = {
+            part_key(p, part): self.dims[p] for p in self.irreps for part in PARTS.get(p, ())
+        }
         self.normalizers: dict[str, IrrepNormalizer] = {}
         self.split: dict[str, str] = {}
         self.load_reports: dict[str, LoadReport] = {}
@@ -271,6 +278,13 @@ class TensorDataModule(lightning.LightningDataModule):
             for r, g, x in zip(recs, built, irr):
                 graphs[r.uid] = g
                 targets[r.uid] = x.clone()
+            for part in PARTS.get(prop, ()):
+                with_part = [r for r in recs if part in r.parts]
+                if with_part:
+                    cart = np.stack([r.parts[part] for r in with_part])
+                    irr = torch.as_tensor(np.asarray(it.decompose(cart, prop)), dtype=torch.float64)
+                    for r, x in zip(with_part, irr):
+                        targets[f"{r.uid}#{part}"] = x.clone()
 
         datasets = {}
         for side in SIDES:
@@ -315,10 +329,28 @@ class TensorDataModule(lightning.LightningDataModule):
                     graphs[slot[0].uid],
                     material_id="+".join(sorted({r.material_id for r in slot})),
                 )
-                samples.append((graph, {r.property: targets[r.uid] for r in slot}))
+                sample_targets = {r.property: targets[r.uid] for r in slot}
+                for r in slot:
+                    for part in PARTS.get(r.property, ()):
+                        if f"{r.uid}#{part}" in targets:
+                            sample_targets[part_key(r.property, part)] = targets[f"{r.uid}#{part}"]
+                samples.append((graph, sample_targets))
                 mkeys.append(mkey)
                 uids.append([r.uid for r in slot])
         return GraphTargetDataset(samples, mkeys, uids)
+
+    def training_targets(self) -> dict[str, torch.Tensor]:
+        """``{key: (n, dim)}`` physical training targets of every property, and of every part
+        that all of the property's training samples have (``"dielectric_electronic"``, ...), rows
+        in the same order: what fits the output maps of a model."""
+        self._require_built()
+        out: dict[str, torch.Tensor] = {}
+        for prop in self.irreps:
+            out[prop] = self.train_dataset.targets(prop)
+            for key in (k for k in self.part_dims if k.startswith(f"{prop}_")):
+                if self.train_dataset.count(key) == self.train_dataset.count(prop):
+                    out[key] = self.train_dataset.targets(key)
+        return out
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
@@ -328,7 +360,7 @@ class TensorDataModule(lightning.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.config.num_workers,
             collate_fn=functools.partial(
-                _collate_cast, dims=dict(self.dims), dtype=_DTYPES[self.config.dtype]
+                _collate_cast, dims={**self.dims, **self.part_dims}, dtype=_DTYPES[self.config.dtype]
             ),
             persistent_workers=self.config.num_workers > 0,
         )

@@ -17,6 +17,9 @@ silently. The checks, in order (the first failing one is the reported reason):
                          (``eps_ij = eps_ji``; ``e_ijk = e_ikj``; ``C_ijkl = C_jikl = C_klij``)
 ``structure_parse``      ``Structure.from_dict`` fails, or the structure has no sites
 ``structure_disordered`` partial occupancies (a graph needs one species per site)
+``parts``                a dielectric record's ``tensor_electronic``/``tensor_ionic`` (optional;
+                         both or neither) is malformed, non-finite, asymmetric, or does not
+                         add up to ``tensor`` (relative 1e-6)
 ``symmetry``             the tensor is inconsistent with the structure's point group:
                          ``max_g ||g.T - T||_F / ||T||_F > symmetry_tolerance`` with the Cartesian
                          point-group operations ``g`` of ``SpacegroupAnalyzer(structure,
@@ -67,6 +70,16 @@ SOURCE_PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 _REQUIRED_KEYS = ("material_id", "structure", "tensor")
+
+#: additive parts of a property's tensor kept from the files (``tensor_<part>`` keys):
+#: dielectric ``eps = eps_electronic + eps_ionic`` (DFPT, both dimensionless).
+PARTS: dict[str, tuple[str, ...]] = {"dielectric": ("electronic", "ionic")}
+_PARTS_SUM_RTOL = 1e-6
+
+
+def part_key(property: str, part: str) -> str:
+    """Target key of one part of a property, e.g. ``"dielectric_electronic"``."""
+    return f"{property}_{part}"
 _INDEX_SYMMETRY_RTOL = 1e-6
 
 if TYPE_CHECKING:  # pymatgen is imported where structures are read, so cached data loads without it
@@ -92,6 +105,8 @@ class Record:
             dielectric dimensionless, piezoelectric C/m^2.
         meta: the file's ``meta`` dict plus ``formula`` and ``source`` and, when the symmetry
             check ran, ``sym_residual_check`` (the residual computed here).
+        parts: ``{part: tensor}`` of :data:`PARTS` when the file has them (they sum to
+            ``tensor``), else empty.
     """
 
     material_id: str
@@ -100,6 +115,7 @@ class Record:
     structure: Structure
     tensor: np.ndarray
     meta: dict[str, Any]
+    parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def uid(self) -> str:
@@ -287,6 +303,25 @@ def _parse_line(
     asym = index_symmetry_error(tensor, property)
     if asym > _INDEX_SYMMETRY_RTOL:
         return bad(mid, "index_asymmetric", f"relative index asymmetry {asym:.3g}")
+    parts: dict[str, np.ndarray] = {}
+    names = PARTS.get(property, ())
+    present = [n for n in names if f"tensor_{n}" in raw]
+    if present:
+        if len(present) != len(names):
+            return bad(mid, "parts", f"has tensor_{present[0]} but not all of {['tensor_' + n for n in names]}")
+        for name in names:
+            try:
+                part = np.array(raw[f"tensor_{name}"], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                return bad(mid, "parts", f"tensor_{name}: {exc}")
+            if part.shape != tensor.shape or not np.all(np.isfinite(part)):
+                return bad(mid, "parts", f"tensor_{name} has shape {part.shape} or non-finite entries")
+            if index_symmetry_error(part, property) > _INDEX_SYMMETRY_RTOL:
+                return bad(mid, "parts", f"tensor_{name} lacks the index symmetry")
+            parts[name] = part
+        mismatch = float(np.abs(sum(parts.values()) - tensor).max()) / max(float(np.abs(tensor).max()), 1e-300)
+        if mismatch > _PARTS_SUM_RTOL:
+            return bad(mid, "parts", f"parts do not add up to the tensor (relative {mismatch:.3g})")
     try:
         structure = _structure_from_dict(raw["structure"])
     except Exception as exc:  # pymatgen raises many types for malformed dicts
@@ -298,7 +333,7 @@ def _parse_line(
     meta = dict(raw.get("meta") or {})
     meta.setdefault("formula", raw.get("formula", structure.composition.reduced_formula))
     meta.setdefault("source", raw.get("source", ""))
-    record = Record(mid, property, source_file, structure, tensor, meta)
+    record = Record(mid, property, source_file, structure, tensor, meta, parts)
     return record, None
 
 

@@ -21,6 +21,14 @@ Transforms (:data:`TRANSFORMS`):
              for proper and improper rotations.  ``torch.linalg.matrix_exp`` is differentiable
              everywhere, also at degenerate eigenvalues (isotropic crystals).  Training targets
              are mapped back with the matrix logarithm (eigendecomposition, float64, no gradient).
+
+Parts.  With ``parts`` (the dielectric tensor's ``("electronic", "ionic")``) the latent holds one
+block per part and the map returns their sum:
+
+    linear:  eps_el = L_el,              eps_ion = L_ion
+    exp:     eps_el = I + expm(M(L_el)),  eps_ion = expm(M(L_ion))   (eigenvalues > 1 and > 0)
+
+so the total ``eps_el + eps_ion`` keeps every eigenvalue above 1 and each part is physical too.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ TRANSFORMS: dict[str, tuple[str, ...] | None] = {
 
 #: identity added after ``expm`` (eps = I + expm(L) keeps every eigenvalue above 1).
 _OFFSET = {"dielectric": 1.0, "elastic": 0.0}
+
+#: identity added after ``expm`` per part (the electronic part is >= 1, the ionic one >= 0).
+_PART_OFFSET = {("dielectric", "electronic"): 1.0, ("dielectric", "ionic"): 0.0}
 
 #: eigenvalue floor of the matrix logarithm of a target (after the offset, in the property's
 #: units).  A few DFT tensors are not positive definite (hypothetical, mechanically unstable ABO3
@@ -82,14 +93,16 @@ class OutputMap(nn.Module):
             ``linear`` map, e.g. a head with a custom layout).
         dim: irreps dimension of the output.
         transform: a key of :data:`TRANSFORMS`.
+        parts: names of additive parts (module doc); the latent then has ``dim * len(parts)``
+            coordinates, one block per part in this order.
 
     Buffers (in the ``state_dict`` of the model, hence of every checkpoint and ``model.pt``):
-    ``shift``/``scale`` (dim,) of the latent normalization (:class:`IrrepNormalizer` layout) and
-    ``ref_scale`` (scalar): RMS per-component scale of the *physical* training targets, the unit
-    of the Frobenius loss.  :meth:`fit` sets them from training targets.
+    ``shift``/``scale`` (latent_dim,) of the latent normalization (:class:`IrrepNormalizer`
+    layout) and ``ref_scale`` (scalar): RMS per-component scale of the *physical* training
+    targets, the unit of the Frobenius loss.  :meth:`fit` sets them from training targets.
     """
 
-    def __init__(self, kind: str, dim: int, transform: str = "linear") -> None:
+    def __init__(self, kind: str, dim: int, transform: str = "linear", parts: tuple[str, ...] = ()) -> None:
         super().__init__()
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown output transform {transform!r}; expected one of {sorted(TRANSFORMS)}")
@@ -99,8 +112,14 @@ class OutputMap(nn.Module):
                 f"output transform {transform!r} applies to {', '.join(allowed)}, not to {kind!r}"
             )
         self.kind, self.dim, self.transform = str(kind), int(dim), transform
-        self.register_buffer("shift", torch.zeros(self.dim, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(self.dim, dtype=torch.float64))
+        self.parts = tuple(str(p) for p in parts)
+        unknown = [p for p in self.parts if (self.kind, p) not in _PART_OFFSET]
+        if unknown:
+            known = sorted({p for k, p in _PART_OFFSET if k == self.kind})
+            raise ValueError(f"OutputMap: {self.kind!r} has no part(s) {unknown}; known: {known}")
+        self.latent_dim = self.dim * max(1, len(self.parts))
+        self.register_buffer("shift", torch.zeros(self.latent_dim, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(self.latent_dim, dtype=torch.float64))
         self.register_buffer("ref_scale", torch.ones((), dtype=torch.float64))
         if transform == "exp":
             A = torch.as_tensor(matrix_form(kind))
@@ -120,22 +139,23 @@ class OutputMap(nn.Module):
         return self
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, x_train: torch.Tensor) -> "OutputMap":
-        """Set the buffers from physical training targets ``(n, dim)``; returns ``self``.
+    def fit(self, x_train: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> "OutputMap":
+        """Set the buffers from physical training targets ``(n, dim)`` (and, for a map with parts,
+        the parts' targets ``{part: (n, dim)}`` of the same rows); returns ``self``.
 
         Targets below the eigenvalue floor (``exp``) are floored (see :data:`EIGENVALUE_FLOOR`)."""
         from irreptensor_ml.data.normalization import IrrepNormalizer
 
         x = torch.as_tensor(x_train, dtype=torch.float64)
         irreps = self._irreps()
-        if self.transform == "exp":
+        if self.transform == "exp" and not self.parts:
             n_clipped = len(self.not_positive_definite(x))
             if n_clipped:
                 logger.warning("output transform 'exp' of %s: %d of %d training targets are below the eigenvalue "
                                "floor %g; their latent targets use the floored matrix", self.kind, n_clipped,
                                len(x), EIGENVALUE_FLOOR[self.kind])
-        latent = self.to_latent(x)
-        norm = IrrepNormalizer().fit(latent, irreps)
+        latent = self.to_latent(x, parts)
+        norm = IrrepNormalizer().fit(latent, "+".join([irreps] * max(1, len(self.parts))))
         with torch.no_grad():
             self.shift.copy_(norm.shift)
             self.scale.copy_(norm.scale)
@@ -169,17 +189,18 @@ class OutputMap(nn.Module):
         """The latent :class:`IrrepNormalizer` (a copy of the buffers, on CPU)."""
         from irreptensor_ml.data.normalization import IrrepNormalizer
 
+        irreps = "+".join([self._irreps()] * max(1, len(self.parts)))
         return IrrepNormalizer.from_state_dict(
-            {"irreps": self._irreps(), "shift": self.shift.detach().cpu(), "scale": self.scale.detach().cpu()}
+            {"irreps": irreps, "shift": self.shift.detach().cpu(), "scale": self.scale.detach().cpu()}
         )
 
     # ------------------------------------------------------------------ maps
-    def _matrices(self, x: torch.Tensor) -> torch.Tensor:
+    def _matrices(self, x: torch.Tensor, offset: float | None = None) -> torch.Tensor:
         """Symmetric matrices ``(n, m, m)`` float64 of physical irreps ``x``, minus the offset."""
         A = self.A.to(device=x.device, dtype=torch.float64)
         M = (x.to(torch.float64) @ A.T).reshape(-1, self.m, self.m)
         eye = torch.eye(self.m, dtype=torch.float64, device=x.device)
-        return 0.5 * (M + M.transpose(-1, -2)) - self.offset * eye
+        return 0.5 * (M + M.transpose(-1, -2)) - (self.offset if offset is None else offset) * eye
 
     @torch.no_grad()
     def not_positive_definite(self, x: torch.Tensor) -> list[int]:
@@ -191,37 +212,66 @@ class OutputMap(nn.Module):
         return (w.min(dim=-1).values < EIGENVALUE_FLOOR[self.kind]).nonzero().flatten().tolist()
 
     @torch.no_grad()
-    def to_latent(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical irreps ``(n, dim)`` -> latent ``L`` (not normalized), float64, no gradient.
-
-        For ``exp``: the matrix logarithm, eigenvalues floored at :data:`EIGENVALUE_FLOOR`."""
-        x = torch.as_tensor(x).to(torch.float64)
+    def _log(self, x: torch.Tensor, offset: float) -> torch.Tensor:
+        """Latent of one block: ``x`` itself (linear) or the floored matrix logarithm (exp)."""
         if self.transform == "linear":
             return x.clone()
-        w, v = torch.linalg.eigh(self._matrices(x))
+        w, v = torch.linalg.eigh(self._matrices(x, offset))
         w = w.clamp(min=EIGENVALUE_FLOOR[self.kind])
         L = (v * torch.log(w)[..., None, :]) @ v.transpose(-1, -2)
         return L.reshape(-1, self.m * self.m) @ self.A.to(device=x.device, dtype=torch.float64)
 
+    @torch.no_grad()
+    def to_latent(self, x: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Physical irreps ``(n, dim)`` -> latent ``L`` (not normalized), float64, no gradient.
+
+        For ``exp``: the matrix logarithm, eigenvalues floored at :data:`EIGENVALUE_FLOOR`.  A map
+        with parts needs ``parts = {part: (n, dim)}`` and returns the blocks side by side."""
+        x = torch.as_tensor(x).to(torch.float64)
+        if not self.parts:
+            return self._log(x, self.offset if self.transform == "exp" else 0.0)
+        missing = [p for p in self.parts if parts is None or p not in parts]
+        if missing:
+            raise ValueError(f"OutputMap of {self.kind} with parts {self.parts}: missing targets of {missing}")
+        blocks = [self._log(torch.as_tensor(parts[p]).to(device=x.device, dtype=torch.float64),
+                            _PART_OFFSET[(self.kind, p)]) for p in self.parts]
+        if any(b.shape != x.shape for b in blocks):
+            raise ValueError(f"part targets must have the shape of the total {tuple(x.shape)}")
+        return torch.cat(blocks, dim=-1)
+
     def normalize_latent(self, latent: torch.Tensor) -> torch.Tensor:
         return (latent - self.shift.to(latent.dtype)) / self.scale.to(latent.dtype)
 
-    def latent_target(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def latent_target(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                      parts: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Normalized latent of physical targets ``(n, dim)`` (what the head should output)."""
-        y = self.normalize_latent(self.to_latent(x))
+        y = self.normalize_latent(self.to_latent(x, parts))
         return y.to(dtype or x.dtype)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Normalized latent ``(B, dim)`` -> physical irreps ``(B, dim)`` (same dtype)."""
-        L = y * self.scale.to(y.dtype) + self.shift.to(y.dtype)
+    def _block(self, L: torch.Tensor, offset: float) -> torch.Tensor:
         if self.transform == "linear":
             return L
-        A = self.A.to(y.dtype)
-        M = (L @ A.T).reshape(-1, self.m, self.m)
-        E = torch.linalg.matrix_exp(M)
-        if self.offset:
-            E = E + self.offset * torch.eye(self.m, dtype=y.dtype, device=y.device)
+        A = self.A.to(L.dtype)
+        E = torch.linalg.matrix_exp((L @ A.T).reshape(-1, self.m, self.m))
+        if offset:
+            E = E + offset * torch.eye(self.m, dtype=L.dtype, device=L.device)
         return E.reshape(-1, self.m * self.m) @ A
 
+    def forward_parts(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalized latent ``(B, latent_dim)`` -> ``{part: (B, dim)}`` physical irreps of each part
+        (empty for a map without parts)."""
+        L = y * self.scale.to(y.dtype) + self.shift.to(y.dtype)
+        return {p: self._block(L[:, k * self.dim:(k + 1) * self.dim], _PART_OFFSET[(self.kind, p)])
+                for k, p in enumerate(self.parts)}
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Normalized latent ``(B, latent_dim)`` -> physical irreps ``(B, dim)`` (same dtype); with
+        parts, their sum."""
+        if self.parts:
+            return torch.stack(list(self.forward_parts(y).values())).sum(dim=0)
+        L = y * self.scale.to(y.dtype) + self.shift.to(y.dtype)
+        return self._block(L, self.offset if self.transform == "exp" else 0.0)
+
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, dim={self.dim}, transform={self.transform!r}"
+        parts = f", parts={self.parts}" if self.parts else ""
+        return f"kind={self.kind!r}, dim={self.dim}, transform={self.transform!r}{parts}"

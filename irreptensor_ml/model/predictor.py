@@ -74,9 +74,12 @@ class TensorPredictor(nn.Module):
             (default, :class:`TensorHead`) or ``"tensor_product"``
             (:class:`TensorProductHead`, with optional ``mul_square``); ``output`` -- the
             :class:`~irreptensor_ml.model.outputs.OutputMap` transform, ``"linear"`` (default)
-            or ``"exp"``).  An irreps of ``None`` is looked up with :func:`property_irreps`.
+            or ``"exp"``; ``parts`` -- ``True`` to predict the property's additive parts,
+            :data:`irreptensor_ml.data.records.PARTS`, whose sum is the property).  An irreps of
+            ``None`` is looked up with :func:`property_irreps`.
 
-    ``forward(batch) -> {property: (num_graphs, dim)}`` in physical irreps units;
+    ``forward(batch) -> {property: (num_graphs, dim)}`` in physical irreps units, plus
+    ``{"<property>_<part>": (num_graphs, dim)}`` for a head with parts;
     :meth:`forward_latent` also returns the heads' normalized latent outputs (for training).
     :attr:`config` is a plain dict from which :meth:`from_config` rebuilds the same architecture.
 
@@ -129,20 +132,31 @@ class TensorPredictor(nn.Module):
         irreps_hidden: str | None = None,
         type: str = "linear",
         output: str = "linear",
+        parts: bool = False,
         **kwargs: Any,
     ) -> nn.Module:
         """Add (or replace) the head of ``prop``; returns the new head.  The trunk is untouched.
 
         ``type`` and ``kwargs`` select and configure the head (:func:`~.heads.build_head`);
         ``output`` is the transform of its :class:`OutputMap` (identity normalization until
-        :meth:`OutputMap.fit` or a ``load_state_dict`` sets it)."""
+        :meth:`OutputMap.fit` or a ``load_state_dict`` sets it); ``parts`` makes the head
+        predict the property's additive parts (one ``irreps_out`` block each) and their sum."""
+        from irreptensor_ml.data.records import PARTS
+
         if not isinstance(prop, str) or not prop or "." in prop:
             raise ValueError(f"add_head: property name must be a non-empty str without '.', got {prop!r}")
         if irreps_out is None:
             irreps_out = property_irreps(prop)
-        head = build_head(self.trunk.irreps_out, irreps_out, type, irreps_hidden=irreps_hidden, **kwargs)
-        kind = prop if prop in ("dielectric", "piezoelectric", "elastic") else str(head.irreps_out)
-        out_map = OutputMap(kind, head.irreps_out.dim, output)
+        part_names = PARTS.get(prop, ()) if parts else ()
+        if parts and not part_names:
+            raise ValueError(f"add_head: property {prop!r} has no parts (known: {sorted(PARTS)})")
+        from e3nn import o3
+
+        irreps_out = o3.Irreps(irreps_out)
+        head_irreps = o3.Irreps("+".join([str(irreps_out)] * len(part_names))) if part_names else irreps_out
+        head = build_head(self.trunk.irreps_out, head_irreps, type, irreps_hidden=irreps_hidden, **kwargs)
+        kind = prop if prop in ("dielectric", "piezoelectric", "elastic") else str(irreps_out)
+        out_map = OutputMap(kind, irreps_out.dim, output, parts=part_names)
         param = next(self.trunk.parameters(), None)
         if param is not None:
             head = head.to(device=param.device, dtype=param.dtype)
@@ -151,13 +165,15 @@ class TensorPredictor(nn.Module):
         self.outputs[prop] = out_map
         if type == "linear":  # the original config layout (no "type" key) for linear heads
             self._head_config[prop] = {
-                "irreps_out": str(head.irreps_out),
+                "irreps_out": str(irreps_out),
                 "irreps_hidden": str(head.irreps_hidden),
             }
         else:
-            self._head_config[prop] = dict(head.config)
+            self._head_config[prop] = {**dict(head.config), "irreps_out": str(irreps_out)}
         if output != "linear":  # linear maps keep the original layout too
             self._head_config[prop]["output"] = output
+        if part_names:
+            self._head_config[prop]["parts"] = True
         return head
 
     def freeze_trunk(self, frozen: bool = True) -> None:
@@ -172,14 +188,24 @@ class TensorPredictor(nn.Module):
             p.requires_grad_(not frozen)
 
     def forward_latent(self, batch: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(latent, physical)``: each head's normalized latent output and its physical irreps,
-        ``{property: (num_graphs, dim)}`` each."""
+        """``(latent, physical)``: each head's normalized latent output ``{property: (num_graphs,
+        latent_dim)}`` and the physical irreps ``{property: (num_graphs, dim)}`` (with parts: also
+        ``{"<property>_<part>": (num_graphs, dim)}``)."""
         features = self.trunk(batch)
         latent = {
             prop: head(features, batch.batch, int(batch.num_graphs))
             for prop, head in self.heads.items()
         }
-        return latent, {prop: self.outputs[prop](y) for prop, y in latent.items()}
+        physical: dict[str, torch.Tensor] = {}
+        for prop, y in latent.items():
+            out_map = self.outputs[prop]
+            if out_map.parts:
+                parts = out_map.forward_parts(y)
+                physical[prop] = torch.stack(list(parts.values())).sum(dim=0)
+                physical.update({f"{prop}_{p}": v for p, v in parts.items()})
+            else:
+                physical[prop] = out_map(y)
+        return latent, physical
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         """Physical irreps ``{property: (num_graphs, dim)}`` (layout ``irreptensor.irreps(kind)``)."""

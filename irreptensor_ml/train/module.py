@@ -117,7 +117,8 @@ class TensorLightningModule(lightning.LightningModule):
         normalizers: ``{prop: IrrepNormalizer or its state_dict()}`` of the physical targets:
             sets a ``linear`` output map when ``train_targets`` lacks the property.
         train_targets: ``{prop: (n, dim) physical training targets}``: fit every output map
-            (needed for ``exp``).  Both may be omitted when the weights (and output buffers) are
+            (needed for ``exp``); a head with parts (``model.heads.<prop>.parts: true``) also needs
+            ``{"<prop>_<part>": (n, dim)}`` of the same rows.  Both may be omitted when the weights (and output buffers) are
             loaded from a checkpoint afterwards.
         max_epochs: length of the cosine schedule.
         run_config: the full training configuration, stored in the checkpoint's hyper-parameters
@@ -222,7 +223,14 @@ class TensorLightningModule(lightning.LightningModule):
         for prop, irreps_str in irreps.items():
             out_map = self.model.outputs[prop]
             if prop in train_targets:
-                out_map.fit(train_targets[prop])
+                parts = None
+                if out_map.parts:
+                    keys = {p: f"{prop}_{p}" for p in out_map.parts}
+                    missing = [k for k in keys.values() if k not in train_targets]
+                    if missing:
+                        raise ValueError(f"head {prop!r} predicts parts: train_targets lacks {missing}")
+                    parts = {p: train_targets[k] for p, k in keys.items()}
+                out_map.fit(train_targets[prop], parts)
             elif prop in normalizers:
                 norm = normalizers[prop]
                 if not isinstance(norm, IrrepNormalizer):
@@ -257,21 +265,36 @@ class TensorLightningModule(lightning.LightningModule):
         """Predictions in physical irrep units (same as :meth:`forward`)."""
         return self.model(batch)
 
-    def _loss_term(self, prop: str, latent: torch.Tensor, phys: torch.Tensor, batch: Any) -> torch.Tensor:
-        """Masked loss of ``prop`` (see the module doc)."""
+    def _loss_term(self, prop: str, latent: torch.Tensor, phys: Mapping[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Masked loss of ``prop`` (see the module doc).  A head with parts adds the loss of every
+        part to that of the total (``log``, ``mse``, ``smooth_l1``: one loss over all latent
+        blocks, on the rows that have every part)."""
         kind = self.loss_types[prop]
         out_map = self.model.outputs[prop]
         mask = batch.masks[prop]
-        target = batch.targets[prop].to(phys.dtype)
+        keys = [prop] + [f"{prop}_{p}" for p in out_map.parts]
+        missing = [k for k in keys if k not in batch.targets]
+        if missing:
+            raise ValueError(f"batch has no targets for {missing} (head {prop!r} predicts them)")
         if kind in ("frobenius", "relative"):
-            ref = out_map.ref_scale.to(phys.dtype)
-            if kind == "frobenius":
-                return masked_loss(phys / ref, target / ref, mask, kind, scale=torch.ones_like(phys[0]))
+            ref = out_map.ref_scale.to(phys[prop].dtype)
             floor = RELATIVE_ERROR_FLOORS.get(prop, float(ref))
-            return masked_loss(phys, target, mask, kind, floor=floor)
+            total = None
+            for key in keys:
+                pred, target, m = phys[key], batch.targets[key].to(phys[key].dtype), batch.masks[key]
+                if kind == "frobenius":
+                    term = masked_loss(pred / ref, target / ref, m, kind, scale=torch.ones_like(pred[0]))
+                else:
+                    term = masked_loss(pred, target, m, kind, floor=floor)
+                total = term if total is None else total + term
+            return total
+        target = batch.targets[prop].to(latent.dtype)
+        for key in keys[1:]:
+            mask = mask & batch.masks[key]
         if mask.any():
+            parts = {p: batch.targets[f"{prop}_{p}"][mask] for p in out_map.parts} or None
             lat_target = torch.zeros_like(latent)
-            lat_target[mask] = out_map.latent_target(target[mask], latent.dtype)
+            lat_target[mask] = out_map.latent_target(target[mask], latent.dtype, parts)
         else:
             lat_target = latent.detach()
         scale = out_map.scale.to(latent.dtype)
@@ -285,7 +308,7 @@ class TensorLightningModule(lightning.LightningModule):
             if prop not in batch.targets:
                 raise ValueError(f"batch has no targets for trained property {prop!r}")
             mask = batch.masks[prop]
-            term = self._loss_term(prop, latent[prop], phys[prop], batch)
+            term = self._loss_term(prop, latent[prop], phys, batch)
             total = self.loss_weights[prop] * term if total is None else total + self.loss_weights[prop] * term
             n = mask.sum()
             values = {"loss": term.detach()}

@@ -40,7 +40,9 @@ def _write_subset(root: Path, scale_ids: dict[str, float] | None = None) -> Path
                 if k < first or rec["material_id"] in extra:
                     factor = (scale_ids or {}).get(rec["material_id"])
                     if factor is not None:
-                        rec["tensor"] = (np.array(rec["tensor"]) * factor).tolist()
+                        for key in ("tensor", "tensor_electronic", "tensor_ionic"):  # parts add up
+                            if key in rec:
+                                rec[key] = (np.array(rec[key]) * factor).tolist()
                     lines.append(json.dumps(rec))
         with gzip.open(root / f"{stem}.jsonl.gz", "wt") as fh:
             fh.write("\n".join(lines) + "\n")
@@ -109,9 +111,9 @@ def test_identical_structures_merge_into_one_sample(dm: TensorDataModule) -> Non
         for (graph, targets), uids in zip(ds.samples, ds.record_uids):
             if "abo3p4mm-AgNbO3-1" in graph.material_id:
                 found += 1
-                assert sorted(targets) == sorted(PROPS) and len(uids) == 3
+                assert set(PROPS) <= set(targets) and len(uids) == 3
             if graph.material_id == "mp-11869":  # different structures per file: separate samples
-                assert len(targets) == 1
+                assert len(set(targets) & set(PROPS)) == 1
     assert found == 1
 
 
@@ -160,7 +162,8 @@ def test_dataloaders_yield_masked_batches(dm: TensorDataModule) -> None:
     assert sum(b.num_graphs for b in batches) == len(dm.train_dataset)
     b = batches[0]
     assert isinstance(b, Batch)
-    assert set(b.targets) == set(PROPS) and b.pos.dtype == torch.float32
+    parts = {"dielectric_electronic", "dielectric_ionic"} if "dielectric" in PROPS else set()
+    assert set(b.targets) == set(PROPS) | parts and b.pos.dtype == torch.float32
     assert b.edge_shift.dtype == torch.float32 and b.species.dtype == torch.long
     for p in PROPS:
         assert b.targets[p].shape == (b.num_graphs, dm.dims[p])
@@ -220,3 +223,15 @@ def test_config_errors(data_dirs) -> None:
         TensorDataModule({"properties": ["elastic"]}).train_dataloader()
     assert DataConfig.from_dict({"properties": "dielectric"}).properties == ("dielectric",)
     assert DataConfig.from_dict({}).to_dict()["properties"] == ["elastic"]
+
+
+def test_dielectric_parts_are_targets_that_sum_to_the_total(dm: TensorDataModule) -> None:
+    """The files' electronic and ionic tensors travel with the total (irreps, physical units)."""
+    if "dielectric" not in PROPS:
+        pytest.skip("no dielectric data in this selection")
+    targets = dm.training_targets()
+    el, ion = targets["dielectric_electronic"], targets["dielectric_ionic"]
+    assert el.shape == ion.shape == targets["dielectric"].shape
+    assert torch.allclose(el + ion, targets["dielectric"], atol=1e-10)
+    for b in dm.val_dataloader():
+        assert torch.equal(b.masks["dielectric_electronic"], b.masks["dielectric"])

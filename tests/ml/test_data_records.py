@@ -174,3 +174,30 @@ def test_nearly_symmetric_cell_uses_orthogonalized_operations() -> None:
         assert np.sign(np.linalg.det(g)) == np.sign(np.linalg.det(op.rotation_matrix))
     assert symmetry_residual(strained, np.eye(3) * 4.0, "dielectric") < 1e-12
     assert symmetry_residual(strained, np.diag([4.0, 4.0, 5.0]), "dielectric") > 0.05
+
+
+def test_dielectric_parts_are_read_and_validated(tmp_path: Path) -> None:
+    nacl = _rocksalt()
+
+    def line(mid: str, el, ion, total=None) -> str:
+        d = json.loads(_line(mid, nacl, np.asarray(el) + np.asarray(ion) if total is None else total))
+        if el is not None:
+            d["tensor_electronic"] = np.asarray(el).tolist()
+        if ion is not None:
+            d["tensor_ionic"] = np.asarray(ion).tolist()
+        return json.dumps(d)
+
+    el, ion = np.eye(3) * 2.0, np.eye(3) * 3.0
+    lines = [
+        line("ok-1", el, ion),
+        line("sum-1", el, ion, total=(np.eye(3) * 6.0).tolist()),  # parts do not add up
+        json.loads(line("half-1", el, ion)) and json.dumps({**json.loads(line("half-1", el, ion)), "tensor_ionic": None}),
+        line("nan-1", el, np.where(np.eye(3) > 0, np.nan, 0.0), total=(np.eye(3) * 5.0).tolist()),
+        _line("noparts-1", nacl, np.eye(3) * 5.0),
+    ]
+    path = _write(tmp_path / "dielectric_mp2099.jsonl.gz", lines)
+    recs = load_records("dielectric", "mp", root=path.parent, check_symmetry=False)
+    assert {r.material_id: sorted(r.parts) for r in recs} == {"ok-1": ["electronic", "ionic"], "noparts-1": []}
+    assert np.allclose(recs[0].parts["ionic"], ion)
+    skipped = {s.material_id: s.reason for s in recs.report.skipped}
+    assert skipped == {"sum-1": "parts", "half-1": "parts", "nan-1": "parts"}

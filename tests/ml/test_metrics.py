@@ -191,7 +191,7 @@ def test_tensor_metrics_elastic_hand_computed_and_torch() -> None:
     assert m["block_mae/0e[1]"] == pytest.approx(np.abs(xp - xt)[:, 1].mean(), rel=1e-6)
     # torch input gives the same numbers
     mt = M.tensor_metrics(torch.from_numpy(pred), torch.from_numpy(true), "elastic")
-    assert mt == pytest.approx(m)
+    assert mt == pytest.approx(m, nan_ok=True)
 
 
 def test_tensor_metrics_input_errors() -> None:
@@ -220,3 +220,71 @@ def test_singular_predicted_stiffness_is_counted_not_averaged() -> None:
     assert m["K_VRH_n_invalid"] == 1 and m["G_VRH_n_invalid"] == 1
     assert m["K_VRH_mae"] == pytest.approx(0.0, abs=1e-9)  # the two valid samples are exact
     assert m["frobenius_mae"] == pytest.approx(np.linalg.norm(true[1].ravel()) / 3)
+
+
+def _cubic_voigt(c11: float, c12: float, c44: float) -> np.ndarray:
+    V = np.full((3, 3), c12) + np.eye(3) * (c11 - c12)
+    out = np.zeros((6, 6))
+    out[:3, :3] = V
+    out[3:, 3:] = np.eye(3) * c44
+    return out
+
+
+def test_zener_ratio_on_cubic_form_only() -> None:
+    cubic = it.from_voigt(_cubic_voigt(200.0, 100.0, 80.0), "elastic")  # A = 160 / 100
+    iso = it.from_voigt(_cubic_voigt(200.0, 100.0, 50.0), "elastic")  # A = 1
+    hexa = np.asarray(it.from_voigt(_cubic_voigt(200.0, 100.0, 80.0) + np.diag([0, 0, 60.0, 0, 0, 0]), "elastic"))
+    true = np.stack([cubic, iso, hexa])
+    pred = np.stack([iso, iso, iso])  # an isotropic prediction for everything
+    z = M.zener_metrics(pred, true)
+    assert z["zener_n"] == 2  # the hexagonal-like tensor is not cubic
+    assert z["zener_mae"] == pytest.approx(0.6 / 2)
+    assert z["zener_mae_guess_1"] == pytest.approx(0.6 / 2)
+    assert z["zener_n_pred_isotropic"] == 2 and z["zener_n_true_isotropic"] == 1
+    # a rotated cubic tensor is not of cubic form in the data frame: left out, not mis-scored
+    rot = np.asarray(it.rotate(cubic, it.random_rotation(seed=1), "elastic"))[None]
+    assert M.zener_metrics(rot, rot)["zener_n"] == 0
+    m = M.tensor_metrics(pred, true, "elastic")
+    assert m["n_not_positive_definite"] == 0 and m["zener_n"] == 2
+    bad = np.asarray(it.from_voigt(_cubic_voigt(100.0, 150.0, 50.0), "elastic"))  # C11 < C12: unstable
+    assert M.tensor_metrics(bad[None], true[:1], "elastic")["n_not_positive_definite"] == 1
+
+
+def _random_piezo(n: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, int(it.dim("piezoelectric"))))
+    return np.asarray(it.compose(x, "piezoelectric"))
+
+
+def test_piezo_sign_free_metrics_ignore_the_sign_and_rotation() -> None:
+    true = _random_piezo(20)
+    flipped = true * np.where(np.arange(20) % 2 == 0, 1.0, -1.0)[:, None, None, None]
+    m = M.piezo_sign_free_metrics(flipped, true)
+    assert m["norm_mae"] == pytest.approx(0.0, abs=1e-12)
+    assert m["frobenius_mae_sign_free"] == pytest.approx(0.0, abs=1e-12)
+    assert m["norm_spearman"] == pytest.approx(1.0)
+    assert m["sign_agreement"] == pytest.approx(0.5)
+    assert all(m[k] == pytest.approx(0.0, abs=1e-12) for k in m if k.startswith("block_norm_mae/"))
+    # the longitudinal maximum is a rotation invariant (up to the direction grid)
+    R = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))[0]
+    rotated = np.asarray(it.rotate(true, R, "piezoelectric"))
+    assert M.max_longitudinal(rotated) == pytest.approx(M.max_longitudinal(true), rel=2e-2)
+    # a uniaxial tensor e_333 = 1 has its largest longitudinal coefficient 1 along z
+    e = np.zeros((1, 3, 3, 3))
+    e[0, 2, 2, 2] = 1.0
+    assert M.max_longitudinal(e)[0] == pytest.approx(1.0)
+    # a wrong prediction is seen
+    assert M.piezo_sign_free_metrics(np.zeros_like(true), true)["norm_spearman"] != m["norm_spearman"]
+    assert M.tensor_metrics(flipped, true, "piezoelectric")["sign_agreement"] == pytest.approx(0.5)
+
+
+def test_dielectric_admissibility_and_refractive_index() -> None:
+    true = np.stack([np.eye(3) * 4.0, np.diag([2.25, 2.25, 2.25])])
+    pred = np.stack([np.diag([0.5, 4.0, 4.0]), np.eye(3) * 4.0])
+    m = M.tensor_metrics(pred, true, "dielectric")
+    assert m["n_eigenvalue_below_1"] == 1
+    assert "n_eigenvalue_below_1" not in M.tensor_metrics(pred, true, "dielectric", part="ionic")
+    assert M.refractive_index(true) == pytest.approx([2.0, 1.5])
+    n_pred = np.sqrt(8.5 / 3)
+    assert M.refractive_index_metrics(pred, true)["refractive_index_mae"] == pytest.approx(
+        (abs(n_pred - 2.0) + 0.5) / 2
+    )

@@ -152,3 +152,100 @@ def test_format_1_model_file_is_converted(tmp_path):
     loaded, norms, _ = load_model(tmp_path / "model.pt")
     assert torch.equal(loaded.outputs["dielectric"].scale, norm.scale)
     assert torch.equal(norms["dielectric"].shift, norm.shift)
+
+
+def _parts_targets(n: int = 30, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random physical dielectric parts (electronic >= 1, ionic >= 0, some ionic exactly 0) and
+    their sum, as irreps."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(2, n, 3, 3))
+    el = a @ a.transpose(0, 2, 1) + 2.0 * np.eye(3)
+    ion = b @ b.transpose(0, 2, 1) * 5.0 + 0.05 * np.eye(3)  # eigenvalues above the log floor
+    ion[::5] = 0.0  # non-polar crystals: no ionic contribution
+    parts = {p: torch.as_tensor(np.asarray(it.decompose(t, "dielectric"))) for p, t in
+             (("electronic", el), ("ionic", ion))}
+    return parts["electronic"] + parts["ionic"], parts
+
+
+@pytest.mark.parametrize("transform", ["exp", "linear"])
+def test_parts_sum_to_the_total_and_round_trip(transform):
+    total, parts = _parts_targets()
+    out = OutputMap("dielectric", 6, transform, parts=("electronic", "ionic")).double().fit(total, parts)
+    assert out.shift.shape == (12,) and out.latent_dim == 12
+    y = out.latent_target(total, parts=parts)
+    got = out.forward_parts(y)
+    assert torch.allclose(out(y), got["electronic"] + got["ionic"], atol=1e-10)
+    keep = np.arange(30) % 5 != 0  # the floored (zero) ionic parts come back at the floor, not 0
+    atol = 1e-9 if transform == "linear" else 1e-6
+    assert torch.allclose(got["electronic"], parts["electronic"], atol=atol)
+    assert torch.allclose(got["ionic"][keep], parts["ionic"][keep], atol=atol)
+    assert torch.allclose(got["ionic"][~keep], parts["ionic"][~keep], atol=1e-2)
+    with pytest.raises(ValueError, match="missing targets"):
+        out.to_latent(total)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), improper=st.booleans(), spread=st.floats(0.0, 3.0))
+def test_exp_parts_are_equivariant_and_physical(seed, improper, spread):
+    total, parts = _parts_targets()
+    out = OutputMap("dielectric", 6, "exp", parts=("electronic", "ionic")).double().fit(total, parts)
+    y = torch.as_tensor(np.random.default_rng(seed).normal(size=(4, 12)) * spread)
+    D = torch.as_tensor(np.asarray(it.wigner_D("dielectric", _rotation(seed, improper))))
+    D2 = torch.block_diag(D, D)
+    got, rotated = out.forward_parts(y), out.forward_parts(y @ D2.T)
+    for name, floor in (("electronic", 1.0), ("ionic", 0.0)):
+        assert torch.allclose(rotated[name], got[name] @ D.T, atol=1e-8 * (1 + got[name].abs().max()))
+        cart = np.asarray(it.compose(got[name].numpy(), "dielectric"))
+        assert np.linalg.eigvalsh(cart).min() > floor
+    assert np.linalg.eigvalsh(np.asarray(it.compose(out(y).numpy(), "dielectric"))).min() > 1.0
+
+
+def test_parts_are_refused_where_a_property_has_none():
+    with pytest.raises(ValueError, match="no part"):
+        OutputMap("elastic", 21, "exp", parts=("electronic",))
+    with pytest.raises(ValueError, match="has no parts"):
+        TensorPredictor(trunk={"embedding_dim": 8, "irreps_hidden": "8x0e+2x2e+2x4e", "num_layers": 2,
+                               "cutoff": 4.0, "num_basis": 4, "radial_hidden": [8]},
+                        heads={"elastic": {"parts": True}})
+
+
+def test_a_head_with_parts_trains_on_every_part_and_reloads(tmp_path):
+    """Loss terms of the total and of both parts; the model file keeps the parts."""
+    from irreptensor_ml.data.batch import collate
+    from irreptensor_ml.data.graphs import structure_to_graph
+    from irreptensor_ml.train.checkpoint import load_model, save_model
+    from irreptensor_ml.train.module import TensorLightningModule
+    from pymatgen.core import Lattice, Structure
+
+    trunk = {"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o+2x2e", "num_layers": 2, "cutoff": 4.0,
+             "num_basis": 4, "radial_hidden": [8]}
+    total, parts = _parts_targets(4)
+    targets = {"dielectric": total, "dielectric_electronic": parts["electronic"],
+               "dielectric_ionic": parts["ionic"]}
+    with pytest.raises(ValueError, match="train_targets lacks"):
+        TensorLightningModule({"dielectric": "1x0e+1x2e"},
+                              {"trunk": trunk, "heads": {"dielectric": {"parts": True}}},
+                              train_targets={"dielectric": total})
+    module = TensorLightningModule({"dielectric": "1x0e+1x2e"},
+                                   {"trunk": trunk, "heads": {"dielectric": {"parts": True}},
+                                    "outputs": {"dielectric": "exp"}},
+                                   {"type": "relative"}, train_targets=targets).double()
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    g = structure_to_graph(s, 4.0)
+    batch = collate([(g, {k: v[i] for k, v in targets.items()}) for i in range(4)]).to(torch.float64)
+    loss = module._shared_step(batch, "val")
+    latent, phys = module.model.forward_latent(batch)
+    expected = sum(
+        masked_loss(phys[k], batch.targets[k], batch.masks[k], "relative", floor=1.0) for k in targets
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert latent["dielectric"].shape == (4, 12)
+    del batch.targets["dielectric_ionic"]
+    with pytest.raises(ValueError, match="dielectric_ionic"):
+        module._shared_step(batch, "val")
+    path = save_model(tmp_path / "model.pt", module.model, {"data": {"cutoff": 4.0}}, {})
+    model, _, _ = load_model(path, dtype=torch.float64)
+    assert model.outputs["dielectric"].parts == ("electronic", "ionic")
+    assert model.config["heads"]["dielectric"]["parts"] is True
+    batch2 = collate([(g, {})]).to(torch.float64)
+    assert torch.allclose(model(batch2)["dielectric_ionic"], module.model(batch2)["dielectric_ionic"])

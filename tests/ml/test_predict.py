@@ -180,3 +180,29 @@ def test_predict_from_saved_model_file_and_run_dir(tmp_path: Path, cif_path: Pat
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     loaded = P.load_predictor(run_dir)
     assert loaded.properties == ["elastic"] and loaded.cutoff == CUTOFF
+
+
+def test_predict_dielectric_parts(cif_path: Path) -> None:
+    """part="electronic"/"ionic" return the parts, which add up to the total; a model without
+    parts says so."""
+    torch.manual_seed(0)
+    model = TensorPredictor(trunk=TINY_TRUNK, heads={"dielectric": {"parts": True, "output": "exp"}}).double()
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 20, 3, 3))
+    el = np.asarray(it.decompose(a @ a.transpose(0, 2, 1) + 2 * np.eye(3), "dielectric"))
+    ion = np.asarray(it.decompose(b @ b.transpose(0, 2, 1) + 0.1 * np.eye(3), "dielectric"))
+    model.outputs["dielectric"].fit(torch.as_tensor(el + ion), {"electronic": torch.as_tensor(el),
+                                                                 "ionic": torch.as_tensor(ion)})
+    loaded = (model, {}, {"data": {"cutoff": CUTOFF}})
+    total = P.predict(cif_path, "dielectric", loaded)
+    parts = {p: P.predict(cif_path, "dielectric", loaded, part=p) for p in ("electronic", "ionic")}
+    assert np.allclose(parts["electronic"] + parts["ionic"], total, atol=1e-10)
+    assert np.linalg.eigvalsh(parts["electronic"]).min() > 1.0
+    assert np.linalg.eigvalsh(parts["ionic"]).min() > 0.0
+    with pytest.raises(ValueError, match="expected one of 'total', 'electronic', 'ionic'"):
+        P.predict(cif_path, "dielectric", loaded, part="optical")
+    with pytest.raises(ValueError, match="expected one of 'total'"):
+        P.predict(cif_path, "elastic", tiny_model(), part="ionic")
+    plain, norms, cfg = tiny_model(("dielectric",))
+    with pytest.raises(ValueError, match="predicts only the total tensor"):
+        P.predict(cif_path, "dielectric", (plain, norms, cfg), part="electronic")
