@@ -40,7 +40,7 @@ CONFIG_DIR = Path(str(resources.files("irreptensor_ml") / "configs"))
 _SECTIONS = ("seed", "data", "model", "loss", "optim", "trainer")
 # Sections whose keys are checked here (``data`` and ``model.trunk`` are checked by their owners).
 _CHECKED = ("loss", "optim", "trainer")
-_LOSS_TYPES = ("mse", "smooth_l1", "frobenius", "relative", "log")
+_LOSS_TYPES = ("mse", "smooth_l1", "frobenius", "relative", "relative_sign_free", "log")
 _SCHEDULERS = ("cosine", "plateau", "none")
 
 

@@ -12,6 +12,9 @@ with ``l_p`` selected per property by ``loss.type`` (a name, or ``{property: nam
 ``frobenius``  ||pred - true||_F / s_p in physical units (s_p: RMS scale of the training targets);
 ``relative``   ||pred - true||_F / max(||true||_F, floor_p) (the quantity behind EwT; floors of
                :data:`irreptensor_ml.metrics.RELATIVE_ERROR_FLOORS`);
+``relative_sign_free``  min(||pred - true||_F, ||pred + true||_F) / max(||true||_F, floor_p): for
+               odd-parity tensors (piezoelectric) whose labels may carry the wrong overall sign
+               (a polar axis flipped against the structure; used by the label audit);
 ``log``        ||L_pred - L_true||_F of the latent matrix logarithm (output transform ``exp`` only:
                log(eps - I) for the dielectric tensor, log C in Mandel form for the elastic one);
 ``mse``, ``smooth_l1``  per-component losses in normalized latent units.
@@ -61,7 +64,8 @@ def masked_loss(
             and, being an L1 loss over samples, not dominated by the few huge tensors of
             heavy-tailed data (dielectric constants of ferroelectrics) the way the MSE is.
             ``"relative"``: the Frobenius norm of ``pred - target`` over ``max(||target||, floor)``
-            (``pred``, ``target`` in physical units: the per-material relative error of EwT).
+            (``pred``, ``target`` in physical units: the per-material relative error of EwT);
+            ``"relative_sign_free"``: the same with the better of ``target`` and ``-target``.
             ``"log"``: like ``"frobenius"``, applied to latent (log-space) coordinates.
         beta: transition point of the smooth L1 loss.
         scale: (dim,) normalizer scale per coefficient (needed for ``"frobenius"`` and ``"log"``).
@@ -84,14 +88,17 @@ def masked_loss(
         rel = scale / scale.pow(2).mean().sqrt()
         # sqrt(. + eps) keeps the gradient finite at a perfect prediction
         per_row = (((pred - target) * rel).pow(2).sum(dim=-1) + 1e-12).sqrt()
-    elif kind == "relative":
+    elif kind in ("relative", "relative_sign_free"):
         if floor is None or not floor > 0:
-            raise ValueError("masked_loss: kind 'relative' needs a floor > 0")
+            raise ValueError(f"masked_loss: kind {kind!r} needs a floor > 0")
         err = ((pred - target).pow(2).sum(dim=-1) + 1e-12).sqrt()
+        if kind == "relative_sign_free":
+            err = torch.minimum(err, ((pred + target).pow(2).sum(dim=-1) + 1e-12).sqrt())
         per_row = err / target.detach().norm(dim=-1).clamp(min=float(floor))
     else:
         raise ValueError(
-            f"masked_loss: kind must be 'mse', 'smooth_l1', 'frobenius', 'relative' or 'log', got {kind!r}"
+            "masked_loss: kind must be 'mse', 'smooth_l1', 'frobenius', 'relative', 'relative_sign_free' "
+            f"or 'log', got {kind!r}"
         )
     weight = mask.to(pred.dtype)
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
@@ -276,7 +283,7 @@ class TensorLightningModule(lightning.LightningModule):
         missing = [k for k in keys if k not in batch.targets]
         if missing:
             raise ValueError(f"batch has no targets for {missing} (head {prop!r} predicts them)")
-        if kind in ("frobenius", "relative"):
+        if kind in ("frobenius", "relative", "relative_sign_free"):
             ref = out_map.ref_scale.to(phys[prop].dtype)
             floor = RELATIVE_ERROR_FLOORS.get(prop, float(ref))
             total = None

@@ -249,3 +249,13 @@ def test_a_head_with_parts_trains_on_every_part_and_reloads(tmp_path):
     assert model.config["heads"]["dielectric"]["parts"] is True
     batch2 = collate([(g, {})]).to(torch.float64)
     assert torch.allclose(model(batch2)["dielectric_ionic"], module.model(batch2)["dielectric_ionic"])
+
+
+def test_sign_free_relative_loss_ignores_the_overall_sign():
+    pred = torch.tensor([[1.0, 2.0], [0.5, 0.0]])
+    true = torch.tensor([[-1.0, -2.0], [0.0, 1.0]])
+    mask = torch.tensor([True, True])
+    got = masked_loss(pred, true, mask, "relative_sign_free", floor=0.1)
+    # row 0: -true is exact; row 1: both signs are sqrt(1.25) away from a target of norm 1
+    assert got.item() == pytest.approx((0.0 + 1.25 ** 0.5) / 2, abs=1e-5)
+    assert masked_loss(pred, true, mask, "relative", floor=0.1).item() > got.item() + 0.5
