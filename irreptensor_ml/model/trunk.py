@@ -6,7 +6,8 @@ O(3) of both parities up to ``l = 4``.  Every tensor head (dielectric ``0e+2e``,
 
 Architecture (one :class:`InteractionBlock` per layer):
 
-1. species embedding: atomic number -> ``embedding_dim x 0e``;
+1. species embedding: atomic number -> ``embedding_dim x 0e`` (learned; with ``element_features``
+   plus a learned linear map of fixed element descriptors, :mod:`.elements`);
 2. per edge ``i <- j`` (``edge_index[0] = i`` is the centre, ``edge_index[1] = j`` the neighbour,
    ``r_ij = pos[j] - pos[i] + shift``): spherical harmonics ``Y^l(r_ij / |r_ij|)``, ``l <= lmax_sh``,
    and a Bessel radial basis with a smooth polynomial cutoff envelope (:mod:`.radial`);
@@ -194,6 +195,8 @@ class EquivariantTrunk(nn.Module):
         message_lmax: highest ``l`` of the node features sent through the edge tensor product
             (see :class:`InteractionBlock`); ``None`` sends all.  The default 2 makes the tensor
             product of a full ``l <= 4`` layer about three times cheaper (measured, l_sh <= 2).
+        element_features: add a learned linear map of fixed, standardized element descriptors
+            (:func:`.elements.element_table`, a ``state_dict`` buffer) to the species embedding.
 
     ``forward(batch)`` reads ``batch.species`` (N,), ``batch.pos`` (N, 3), ``batch.edge_index``
     (2, E) and ``batch.edge_shift`` (E, 3) and returns (N, ``irreps_out.dim``) features;
@@ -214,6 +217,7 @@ class EquivariantTrunk(nn.Module):
         radial_hidden: list[int] | tuple[int, ...] = (32,),
         avg_num_neighbors: float = 32.0,
         message_lmax: int | None = 2,
+        element_features: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -249,9 +253,17 @@ class EquivariantTrunk(nn.Module):
             "avg_num_neighbors": float(avg_num_neighbors),
             "message_lmax": None if message_lmax is None else int(message_lmax),
         }
+        if element_features:  # only when set: configs (and run ids) of earlier models are unchanged
+            self.config["element_features"] = True
         self.num_species = int(num_species)
         self.cutoff = float(cutoff)
         self.embedding = nn.Embedding(self.num_species, embedding_dim)
+        self.element_features = bool(element_features)
+        if self.element_features:
+            from .elements import element_table
+
+            self.register_buffer("element_table", element_table(self.num_species))
+            self.element_linear = nn.Linear(self.element_table.shape[1], embedding_dim, bias=False)
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax_sh)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial = RadialBasis(cutoff, num_basis, envelope_exponent)
@@ -297,6 +309,8 @@ class EquivariantTrunk(nn.Module):
         edge_sh = self.sh(vec)
         edge_radial = self.radial(length)
         x = self.embedding(species).to(vec.dtype)
+        if self.element_features:
+            x = x + self.element_linear(self.element_table[species].to(self.element_linear.weight.dtype)).to(vec.dtype)
         for layer in self.layers:
             x = layer(x, batch.edge_index, edge_sh, edge_radial)
         return x

@@ -185,3 +185,26 @@ def test_from_config_roundtrip(crystals):
         assert torch.equal(a[prop], b[prop])
     with pytest.raises(ValueError, match="unknown keys"):
         TensorPredictor.from_config({"trunk": {}, "head": {}})
+
+
+def test_element_features_add_a_fixed_prior_to_the_embedding(tmp_path):
+    """The element table is standardized pymatgen data, travels in the state_dict, and only a
+    trunk built with element_features has it (earlier configs are unchanged)."""
+    from irreptensor_ml.model.elements import NUM_FEATURES, element_table
+    from irreptensor_ml.model.trunk import EquivariantTrunk
+
+    table = element_table(101)
+    assert table.shape == (101, NUM_FEATURES)
+    assert torch.all(table[0] == 0) and torch.isfinite(table).all()
+    assert table[8, 0] > table[56, 0]  # O is more electronegative than Ba
+    assert abs(float(table[1:95, 0].mean())) < 0.2
+    kw = {"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o", "num_layers": 1, "cutoff": 4.0, "num_basis": 4,
+          "radial_hidden": [8]}
+    plain = EquivariantTrunk(**kw)
+    assert "element_features" not in plain.config and not hasattr(plain, "element_table")
+    trunk = EquivariantTrunk(**kw, element_features=True)
+    assert trunk.config["element_features"] is True
+    assert torch.equal(trunk.state_dict()["element_table"], table)
+    rebuilt = EquivariantTrunk(**trunk.config)
+    rebuilt.load_state_dict(trunk.state_dict())
+    assert torch.equal(rebuilt.element_table, table)
