@@ -13,17 +13,26 @@ silently. The checks, in order (the first failing one is the reported reason):
 ``tensor_unparseable``   the tensor is not a numeric nested list
 ``shape``                wrong Cartesian shape for the property (3x3, 3x3x3, 3x3x3x3)
 ``nonfinite``            NaN or inf in the tensor
+``tensor_magnitude``     a component beyond the property's physical bound
+                         (:data:`TENSOR_MAGNITUDE_BOUNDS`: elastic 1e4 GPa, dielectric 1e5,
+                         piezoelectric 1e3 C/m^2); a finite 1e300 would make the normalizer
+                         scale infinite and the trained model NaN
 ``index_asymmetric``     the tensor lacks the property's index symmetry
                          (``eps_ij = eps_ji``; ``e_ijk = e_ikj``; ``C_ijkl = C_jikl = C_klij``)
-``structure_parse``      ``Structure.from_dict`` fails, or the structure has no sites
-``structure_disordered`` partial occupancies (a graph needs one species per site)
 ``parts``                a dielectric record's ``tensor_electronic``/``tensor_ionic`` (optional;
-                         both or neither) is malformed, non-finite, asymmetric, or does not
-                         add up to ``tensor`` (relative 1e-6)
+                         both or neither) is malformed, non-finite, beyond the bound, asymmetric,
+                         or does not add up to ``tensor`` (relative 1e-6)
+``structure_parse``      ``Structure.from_dict`` fails, the structure has no sites, or its
+                         interatomic distances cannot be computed
+``structure_disordered`` partial occupancies (a graph needs one species per site)
+``structure_overlap``    two sites (or a site and its own periodic image) closer than
+                         :data:`MIN_SITE_DISTANCE` (0.5 Angstrom): overlapping atoms give
+                         zero-length edges and a NaN model
 ``symmetry``             the tensor is inconsistent with the structure's point group:
                          ``max_g ||g.T - T||_F / ||T||_F > symmetry_tolerance`` with the Cartesian
                          point-group operations ``g`` of ``SpacegroupAnalyzer(structure,
-                         symprec).get_point_group_operations(cartesian=True)``
+                         symprec).get_point_group_operations(cartesian=True)``; also a record
+                         whose point group cannot be determined (the detail names the exception)
 
 The symmetry check costs ~15 ms per structure; its residuals are cached on disk (see
 :mod:`irreptensor_ml.data.cache`) keyed by the file content and ``symprec``, and it can be
@@ -75,6 +84,15 @@ _REQUIRED_KEYS = ("material_id", "structure", "tensor")
 #: dielectric ``eps = eps_electronic + eps_ionic`` (DFPT, both dimensionless).
 PARTS: dict[str, tuple[str, ...]] = {"dielectric": ("electronic", "ionic")}
 _PARTS_SUM_RTOL = 1e-6
+
+#: Largest accepted ``|component|`` of a record's tensor (and of its parts), in the property's
+#: units: bounds an order of magnitude above any real material (the shipped data peak at
+#: elastic 1.2e3 GPa, dielectric 2.1e3, piezoelectric 1.2e2 C/m^2), so only garbage is refused.
+TENSOR_MAGNITUDE_BOUNDS: dict[str, float] = {"elastic": 1e4, "dielectric": 1e5, "piezoelectric": 1e3}
+
+#: Smallest accepted distance (Angstrom) between two sites, periodic images included: the
+#: shortest bond in the shipped data is 0.95 A (O-H); closer sites are overlapping atoms.
+MIN_SITE_DISTANCE = 0.5
 
 
 def part_key(property: str, part: str) -> str:
@@ -215,6 +233,32 @@ def find_files(
     return sorted(files)
 
 
+def closest_site_pair(
+    structure: "Structure", within: float = MIN_SITE_DISTANCE
+) -> tuple[float, int, int] | None:
+    """Closest pair of sites nearer than ``within`` Angstrom: ``(distance, i, j)``, else ``None``.
+
+    Periodic images count (``i == j`` is a site and its own image), so a cell shorter than
+    ``within`` is caught too.  Uses pymatgen's cell-list ``get_neighbor_list`` (~0.1 ms).
+    """
+    centers, neighbors, _, dist = structure.get_neighbor_list(r=float(within))
+    dist = np.asarray(dist, dtype=np.float64)
+    close = np.flatnonzero(dist < within)
+    if close.size == 0:
+        return None
+    k = close[np.argmin(dist[close])]
+    return float(dist[k]), int(centers[k]), int(neighbors[k])
+
+
+def describe_site_pair(structure: "Structure", pair: tuple[float, int, int]) -> str:
+    """``"sites 0 (Na) and 1 (Na) are 0 A apart"``-style text of a :func:`closest_site_pair`."""
+    d, i, j = pair
+    if i == j:
+        return f"site {i} ({structure[i].species_string}) is {d:.3g} A from its own periodic image"
+    return (f"sites {i} ({structure[i].species_string}) and {j} ({structure[j].species_string}) "
+            f"are {d:.3g} A apart")
+
+
 def index_symmetry_error(tensor: np.ndarray, property: str) -> float:
     """Largest violation of the property's index symmetry, relative to ``max|T|`` (0 if T = 0)."""
     t = np.asarray(tensor, dtype=np.float64)
@@ -300,6 +344,10 @@ def _parse_line(
         return bad(mid, "shape", f"tensor shape {tensor.shape}, expected {(3,) * rank}")
     if not np.all(np.isfinite(tensor)):
         return bad(mid, "nonfinite", "tensor contains NaN or inf")
+    bound = TENSOR_MAGNITUDE_BOUNDS[property]
+    peak = float(np.abs(tensor).max())
+    if peak > bound:
+        return bad(mid, "tensor_magnitude", f"max |component| {peak:.3g} > physical bound {bound:.3g}")
     asym = index_symmetry_error(tensor, property)
     if asym > _INDEX_SYMMETRY_RTOL:
         return bad(mid, "index_asymmetric", f"relative index asymmetry {asym:.3g}")
@@ -316,6 +364,8 @@ def _parse_line(
                 return bad(mid, "parts", f"tensor_{name}: {exc}")
             if part.shape != tensor.shape or not np.all(np.isfinite(part)):
                 return bad(mid, "parts", f"tensor_{name} has shape {part.shape} or non-finite entries")
+            if float(np.abs(part).max()) > bound:
+                return bad(mid, "parts", f"tensor_{name} exceeds the physical bound {bound:.3g}")
             if index_symmetry_error(part, property) > _INDEX_SYMMETRY_RTOL:
                 return bad(mid, "parts", f"tensor_{name} lacks the index symmetry")
             parts[name] = part
@@ -330,6 +380,13 @@ def _parse_line(
         return bad(mid, "structure_parse", "structure has no sites")
     if not structure.is_ordered:
         return bad(mid, "structure_disordered", "partial occupancies")
+    try:
+        pair = closest_site_pair(structure)
+    except Exception as exc:  # e.g. a singular lattice
+        return bad(mid, "structure_parse", f"interatomic distances: {type(exc).__name__}: {exc}")
+    if pair is not None:
+        return bad(mid, "structure_overlap",
+                   f"{describe_site_pair(structure, pair)} (< {MIN_SITE_DISTANCE} A)")
     meta = dict(raw.get("meta") or {})
     meta.setdefault("formula", raw.get("formula", structure.composition.reduced_formula))
     meta.setdefault("source", raw.get("source", ""))
@@ -372,17 +429,25 @@ def _read_file(
     cache_path = _symmetry_cache_path(cache_dir, path, property, symprec)
     cached = read_json(cache_path) or {}
     residuals: dict[str, float] = {}
+    failed: dict[str, str] = {}
     todo = [r for r in records if r.material_id not in cached]
     if todo:
         from tqdm.auto import tqdm
 
         for r in tqdm(todo, desc=f"symmetry check {path.name}", disable=len(todo) < 50):
-            residuals[r.material_id] = symmetry_residual(r.structure, r.tensor, property, symprec)
-        atomic_write_json(cache_path, {**cached, **residuals})
+            try:
+                residuals[r.material_id] = symmetry_residual(r.structure, r.tensor, property, symprec)
+            except Exception as exc:  # spglib fails on some cells: skip this record, not the load
+                failed[r.material_id] = f"point group undetermined: {type(exc).__name__}: {exc}"
+        atomic_write_json(cache_path, {**cached, **residuals})  # failures are not cached
     residuals = {**cached, **residuals}
 
     kept = []
     for r in records:
+        if r.material_id in failed:
+            report.skipped.append(SkippedRecord(
+                path.name, line_of[r.material_id], r.material_id, "symmetry", failed[r.material_id]))
+            continue
         res = float(residuals[r.material_id])
         r.meta["sym_residual_check"] = res
         if res > symmetry_tolerance:
