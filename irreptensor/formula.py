@@ -8,7 +8,6 @@ so that the same formula means the same space here and in e3nn.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -101,8 +100,3 @@ def _projector(text: str) -> np.ndarray:
     P /= len(f.group)
     P.setflags(write=False)
     return P
-
-
-def index_tuples(rank: int):
-    """All index tuples of a rank-``rank`` tensor in C order (the order of a flattened array)."""
-    return itertools.product(range(3), repeat=rank)

@@ -17,8 +17,7 @@ _EXPORTS = {
     "CrystalGraph": "graphs", "build_graphs": "graphs", "structure_to_graph": "graphs",
     "IrrepNormalizer": "normalization",
     "LoadReport": "records", "Record": "records", "SkippedRecord": "records", "load_records": "records",
-    "material_keys": "splits", "side_of": "splits", "split_records": "splits", "union_split": "splits",
-    "universe_material_keys": "splits",
+    "material_keys": "splits", "side_of": "splits", "universe_material_keys": "splits",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -67,12 +67,6 @@ def structure_hash(structure: Any) -> str:
     return hash_parts(lattice.tobytes(), frac.tobytes(), species)
 
 
-def array_hash(array: np.ndarray) -> str:
-    """Content hash of a float array (rounded to 12 significant decimals, shape included)."""
-    a = np.round(np.asarray(array, dtype=np.float64), 12) + 0.0
-    return hash_parts(str(a.shape), a.tobytes())
-
-
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file's bytes (used for data provenance in run_info)."""
     h = hashlib.sha256()

@@ -205,61 +205,6 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return fr  # type: ignore[return-value]
 
 
-def union_split(
-    records_by_property: Mapping[str, Sequence[Record]],
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-) -> dict[str, str]:
-    """One split over the union of materials of all properties.
-
-    Args:
-        records_by_property: ``{property: [Record, ...]}``.
-        fractions: expected (train, val, test) fractions; each material is assigned by a hash,
-            so realised fractions scatter around these (binomially).
-        seed: changes the assignment.
-
-    Returns:
-        ``{material_key: "train" | "val" | "test"}``; use :func:`material_keys` (or
-        :func:`split_records`) to find a record's material key.
-    """
-    check_fractions(fractions)
-    keys = material_keys(
-        records_by_property, cache_dir=cache_dir, use_cache=use_cache, progress=progress
-    )
-    return {k: side_of(k, fractions, seed) for k in sorted(set(keys.values()))}
-
-
-def split_records(
-    records_by_property: Mapping[str, Sequence[Record]],
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-) -> tuple[dict[str, dict[str, list[Record]]], dict[str, str], dict[str, str]]:
-    """Split records with :func:`union_split`.
-
-    Returns ``(by_property_side, keys, split)``: ``by_property_side[prop][side]`` is the list of
-    records (input order kept), ``keys`` maps record uid -> material key, ``split`` maps material
-    key -> side.
-    """
-    keys = material_keys(
-        records_by_property, cache_dir=cache_dir, use_cache=use_cache, progress=progress
-    )
-    split = {k: side_of(k, fractions, seed) for k in sorted(set(keys.values()))}
-    out: dict[str, dict[str, list[Record]]] = {}
-    for prop, records in records_by_property.items():
-        out[prop] = {side: [] for side in SIDES}
-        for r in records:
-            out[prop][split[keys[r.uid]]].append(r)
-    return out, keys, split
-
-
 def subsample_keys(keys: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
     """Deterministic subset of ``keys`` of size ``round(fraction * n)`` (at least 1 if n > 0).
 

@@ -11,13 +11,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
 from irreptensor_ml.data.records import Record
-from irreptensor_ml.data.splits import (
-    material_keys,
-    side_of,
-    split_records,
-    subsample_keys,
-    union_split,
-)
+from irreptensor_ml.data.splits import material_keys, side_of, subsample_keys
 
 
 def _rec(mid: str, prop: str, source_file: str, structure: Structure) -> Record:
@@ -79,31 +73,14 @@ def test_material_keys_group_shared_ids_and_matching_structures(records_by_prope
     assert len(set(keys.values())) == 4
 
 
-def test_split_is_deterministic_and_order_independent(records_by_property, tmp_path: Path) -> None:
-    a = union_split(records_by_property, seed=5, cache_dir=tmp_path, progress=False)
+def test_material_keys_are_order_and_cache_independent(records_by_property, tmp_path: Path) -> None:
+    """The keys (hence the sides, a function of seed and key) ignore record order and the cache."""
+    a = material_keys(records_by_property, cache_dir=tmp_path, progress=False)
     reversed_input = {p: list(reversed(r)) for p, r in reversed(list(records_by_property.items()))}
-    b = union_split(reversed_input, seed=5, cache_dir=tmp_path / "other", progress=False)
-    c = union_split(records_by_property, seed=5, use_cache=False, progress=False)
+    b = material_keys(reversed_input, cache_dir=tmp_path / "other", progress=False)
+    c = material_keys(records_by_property, use_cache=False, progress=False)
     assert a == b == c
-    assert set(a.values()) <= {"train", "val", "test"}
-    # the side depends only on (seed, key)
-    assert all(side == side_of(k, seed=5) for k, side in a.items())
-
-
-def test_same_material_same_side_for_every_seed(records_by_property, tmp_path: Path) -> None:
-    for seed in range(30):
-        by_side, keys, split = split_records(records_by_property, seed=seed, cache_dir=tmp_path,
-                                             progress=False)
-        sides = {p: {s: {keys[r.uid] for r in recs} for s, recs in d.items()}
-                 for p, d in by_side.items()}
-        for pa in sides:
-            for pb in sides:
-                for sa in ("train", "val", "test"):
-                    for sb in ("train", "val", "test"):
-                        if sa != sb:
-                            assert not sides[pa][sa] & sides[pb][sb], (seed, pa, sa, pb, sb)
-        assert (split[keys["elastic_mp2015.jsonl.gz:mp-22862"]]
-                == split[keys["elastic_matten.jsonl.gz:matten-n100-7"]])
+    assert {side_of(k, seed=5) for k in a.values()} <= {"train", "val", "test"}
 
 
 def test_seed_changes_assignment_and_fractions_hold() -> None:
@@ -120,7 +97,7 @@ def test_seed_changes_assignment_and_fractions_hold() -> None:
 
 def test_bad_fractions_raise(records_by_property) -> None:
     with pytest.raises(ValueError, match="fractions"):
-        union_split(records_by_property, fractions=(0.8, 0.1), use_cache=False, progress=False)
+        side_of("mp-1", (0.8, 0.1))
     with pytest.raises(ValueError, match="fractions"):
         side_of("mp-1", (0.7, 0.2, 0.2))
     with pytest.raises(ValueError, match="listed under"):
