@@ -5,6 +5,7 @@ Subcommands::
     irreptensor-ml train    [--config FILE] [--run-dir DIR] [--set key=value ...]
     irreptensor-ml evaluate RUN_DIR [--split test] [--device cpu] [--out DIR] [--no-plots]
     irreptensor-ml predict  FILE... [--model RUN_DIR|model.pt] [--property elastic] [--format table|json]
+    irreptensor-ml transfer [--preset quick|full-cpu|full|...] [--workers N] ...   (irreptensor_ml.transfer.cli)
 
 ``predict`` reads CIF, POSCAR/CONTCAR or pymatgen JSON structure files and prints, per file, the
 predicted tensor as a Voigt matrix (order xx, yy, zz, yz, xz, xy; elastic 6x6 GPa, piezoelectric
@@ -17,8 +18,9 @@ directory another training is using) print ONE line ``irreptensor-ml <command>: 
 stderr and exit with status 2 (argparse's convention); ``--debug`` re-raises them with a traceback.
 A training stopped by SIGTERM prints one line and exits with 143 (128 + SIGTERM).
 
-Adding a subcommand (e.g. ``transfer``): write ``_add_<name>(subparsers)`` that creates the
-subparser and sets ``func=<handler(args) -> int>``, and append it to :data:`SUBCOMMANDS`.
+``transfer`` runs the transfer-learning study (its options: :mod:`irreptensor_ml.transfer.cli`).
+Adding a subcommand: write ``_add_<name>(subparsers)`` that creates the subparser and sets
+``func=<handler(args) -> int>``, and append it to :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -210,13 +212,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- main
 
-#: Functions that each add one subcommand; extend this list to add e.g. ``transfer``.
 def _add_transfer(subparsers: Any) -> None:
     from irreptensor_ml.transfer.cli import add_transfer_parser
 
     add_transfer_parser(subparsers)
 
 
+#: Functions that each add one subcommand; extend this list to add one.
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_predict, _add_transfer]
 
 

@@ -7,7 +7,9 @@ A configuration is a plain nested dict (YAML-serialisable) with the sections
 * ``model``: ``trunk`` (:class:`irreptensor_ml.model.EquivariantTrunk` arguments), ``heads``
   (optional per-property head settings), ``pretrained_trunk`` (transfer learning from a saved
   model) and ``freeze_trunk``,
-* ``loss``: ``type`` (``mse`` | ``smooth_l1`` | ``frobenius``), ``smooth_l1_beta``, per-property ``weights``,
+* ``loss``: ``type`` (``frobenius`` | ``relative`` | ``relative_sign_free`` | ``log`` | ``mse`` |
+  ``smooth_l1``, see :mod:`irreptensor_ml.train.module`; a name or ``{property: name}``),
+  ``smooth_l1_beta``, per-property ``weights``,
 * ``optim``: learning rate, weight decay and LR schedule,
 * ``trainer``: Lightning ``Trainer`` settings (accelerator, devices, num_nodes, strategy, ...).
 
