@@ -1,8 +1,9 @@
 """Equivariant model: :class:`EquivariantTrunk` (message passing), :class:`TensorHead` /
 :class:`TensorProductHead` (one per property) and :class:`TensorPredictor` (trunk + heads; the
 trunk may also be a pretrained foundation trunk, see :func:`build_trunk`); each head ends in an
-:class:`OutputMap` (normalization + output transform) so the model returns physical units."""
+:class:`OutputMap` (normalization + output transform) so the model returns physical units; :class:`TensorEnsemble` averages trained predictors."""
 
+from .ensemble import TensorEnsemble
 from .heads import HEAD_TYPES, TensorHead, TensorProductHead, build_head, default_head_hidden, mean_pool, square_reachable
 from .outputs import TRANSFORMS, OutputMap, matrix_form
 from .predictor import TensorPredictor, build_trunk, property_irreps
@@ -21,6 +22,7 @@ __all__ = [
     "TensorProductHead",
     "build_head",
     "build_trunk",
+    "TensorEnsemble",
     "TensorPredictor",
     "default_head_hidden",
     "edge_vectors",

@@ -210,6 +210,10 @@ def _build(model_config: Mapping[str, Any], dtype: torch.dtype | None) -> Tensor
     if dtype is not None:
         torch.set_default_dtype(dtype)
     try:
+        if "ensemble" in model_config:
+            from irreptensor_ml.model.ensemble import TensorEnsemble
+
+            return TensorEnsemble.from_config(model_config)
         return TensorPredictor.from_config(model_config)
     finally:
         torch.set_default_dtype(previous)

@@ -259,3 +259,36 @@ def test_sign_free_relative_loss_ignores_the_overall_sign():
     # row 0: -true is exact; row 1: both signs are sqrt(1.25) away from a target of norm 1
     assert got.item() == pytest.approx((0.0 + 1.25 ** 0.5) / 2, abs=1e-5)
     assert masked_loss(pred, true, mask, "relative", floor=0.1).item() > got.item() + 0.5
+
+
+def test_ensemble_is_the_mean_of_its_members_and_saves_as_one_model(tmp_path):
+    from irreptensor_ml.data.batch import collate
+    from irreptensor_ml.data.graphs import structure_to_graph
+    from irreptensor_ml.model import TensorEnsemble
+    from irreptensor_ml.train.checkpoint import load_model, save_model
+    from pymatgen.core import Lattice, Structure
+
+    trunk = {"embedding_dim": 8, "irreps_hidden": "8x0e+2x1o+2x2e", "num_layers": 2, "cutoff": 4.0,
+             "num_basis": 4, "radial_hidden": [8]}
+    total, parts = _parts_targets(8)
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = TensorPredictor(trunk=trunk, heads={"dielectric": {"parts": True, "output": "exp"}}).double()
+        m.outputs["dielectric"].fit(total, parts)
+        members.append(m)
+    ens = TensorEnsemble(members)
+    s = Structure(Lattice.tetragonal(3.9, 4.3), ["Ba", "Ti", "O", "O", "O"],
+                  [[0, 0, 0], [0.5, 0.5, 0.52], [0.5, 0.5, 0.0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    batch = collate([(structure_to_graph(s, 4.0), {})]).to(torch.float64)
+    got = ens(batch)
+    for key in ("dielectric", "dielectric_electronic", "dielectric_ionic"):
+        assert torch.allclose(got[key], sum(m(batch)[key] for m in members) / 3)
+    assert np.linalg.eigvalsh(np.asarray(it.compose(got["dielectric"].detach().numpy(), "dielectric"))).min() > 1
+    path = save_model(tmp_path / "model.pt", ens, {"data": {"cutoff": 4.0}})
+    loaded, _, _ = load_model(path, dtype=torch.float64)
+    assert isinstance(loaded, TensorEnsemble) and len(loaded.members) == 3
+    assert torch.allclose(loaded(batch)["dielectric"], got["dielectric"])
+    other = TensorPredictor(trunk=trunk, heads={"dielectric": None}).double()
+    with pytest.raises(ValueError, match="parts"):
+        TensorEnsemble([members[0], other])
