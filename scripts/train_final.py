@@ -6,9 +6,9 @@ validation materials), or, for a property without a tuning study, the fallback o
 :data:`FALLBACK`.  Seeds 0, 1, 2 are trained into ``<out>/<property>/s<seed>/`` (resumable:
 finished seeds are skipped) and evaluated once on the MP validation and test materials (every
 metric of :func:`irreptensor_ml.evaluate.compute_metrics`, parts included).  ``<out>/summary.json``
-holds per-seed metrics, mean and std, the baselines of ``benchmarks/baselines.py``
-(``<baselines>/<property>.json``), parameters and s/epoch.  With ``--ship DIR`` the seed with the
-best validation score is copied to ``DIR/<property>/model.pt`` with ``card.json`` and
+holds per-seed metrics, mean and std, those of the ensemble (mean of the seeds' models), the baselines of ``benchmarks/baselines.py``
+(``<baselines>/<property>.json``), parameters and s/epoch.  With ``--ship DIR`` the model with the
+best validation score (a seed, or the ensemble) is copied to ``DIR/<property>/model.pt`` with ``card.json`` and
 ``MODEL_CARD.md`` (the package default is ``irreptensor_ml/pretrained``).
 
     python scripts/train_final.py --properties dielectric piezoelectric elastic --out results/final \\
@@ -44,12 +44,21 @@ FALLBACK = {
 }
 
 
+#: overrides added to the tuned configuration: the shipped dielectric model must predict the
+#: electronic part (refractive index), so its head predicts the parts whether or not the best
+#: trial did.
+REQUIRED = {"dielectric": ["model.heads={dielectric: {parts: true}}"]}
+
+
 def overrides_for(prop: str, tune_dir: Path) -> tuple[list[str], str]:
     """``(overrides without the seed, where they came from)``."""
     best = tune_dir / prop / "best.json"
     if best.is_file():
         data = json.loads(best.read_text())
-        return [o for o in data["overrides"] if not o.startswith("seed=")], f"optuna trial {data['best_number']} ({best})"
+        found = [o for o in data["overrides"] if not o.startswith("seed=")]
+        extra = [o for o in REQUIRED.get(prop, []) if o not in found]
+        source = f"optuna trial {data['best_number']} ({best})" + (f" plus {extra}" if extra else "")
+        return found + extra, source
     return list(FALLBACK[prop]), "fallback (no tuning study)"
 
 
@@ -78,6 +87,30 @@ def run_seed(prop: str, overrides: list[str], seed: int, out: Path) -> dict[str,
     return record
 
 
+def build_ensemble(prop: str, seeds: list[int], out: Path) -> dict[str, Any]:
+    """Average the seeds' models (:class:`irreptensor_ml.model.TensorEnsemble`), save it to
+    ``<out>/<property>/ensemble/model.pt`` and score it like a seed."""
+    import torch
+    import yaml
+
+    from irreptensor_ml.model import TensorEnsemble
+    from irreptensor_ml.train.checkpoint import load_model, save_model
+
+    ens_dir = out / prop / "ensemble"
+    record_path = ens_dir / "record.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    torch.set_num_threads(1)
+    runs = [out / prop / f"s{s}" / "run" for s in seeds]
+    members = [load_model(r)[0] for r in runs]
+    config = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    path = save_model(ens_dir / "model.pt", TensorEnsemble(members), config, {"members": [str(r) for r in runs]})
+    record = {"property": prop, "seeds": seeds, "num_parameters": sum(p.numel() for m in members for p in m.parameters()),
+              "val": mp_metrics(path, prop, "val"), "test": mp_metrics(path, prop, "test", plots=True)}
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if not len(v):
@@ -95,18 +128,23 @@ def ship(prop: str, summary: dict[str, Any], out: Path, ship_dir: Path) -> Path:
 
     s = summary["properties"][prop]
     seed = s["shipped_seed"]
-    run = out / prop / f"s{seed}" / "run"
-    rec = next(r for r in s["per_seed"] if r["seed"] == seed)
+    run = out / prop / f"s{seed if seed != 'ensemble' else s['seeds'][0]}" / "run"
+    if seed == "ensemble":
+        rec, model_file = s["ensemble"], out / prop / "ensemble" / "model.pt"
+    else:
+        rec, model_file = next(r for r in s["per_seed"] if r["seed"] == seed), run / "model.pt"
     info = json.loads((run / "run_info.json").read_text())
     dest = ship_dir / prop
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.pt", dest / "model.pt")
+    shutil.copyfile(model_file, dest / "model.pt")
     load_model(dest / "model.pt")  # the shipped file loads
     base = summary["baselines"].get(prop, {}).get("baselines", {})
     card = {
         "property": prop, "irreps": info["model"]["irreps"][prop], "units": TENSOR_UNITS[prop],
         "study": "scripts/train_final.py", "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "run_id": f"{prop}/s{seed}", "strategy": f"trained on {prop} only, configuration: {s['config_source']}",
+        "run_id": f"{prop}/{'ensemble of seeds ' + str(s['seeds']) if seed == 'ensemble' else f's{seed}'}",
+        "strategy": (f"trained on {prop} only{', mean of the seeds models' if seed == 'ensemble' else ''}; "
+                     f"configuration: {s['config_source']}"),
         "fraction": 1.0, "seed": seed,
         "n_train": info["data"]["summary"]["num_samples"][prop]["train"],
         "n_val": info["data"]["summary"]["num_samples"][prop]["val"],
@@ -120,7 +158,7 @@ def ship(prop: str, summary: dict[str, Any], out: Path, ship_dir: Path) -> Path:
         "baselines": {name: b[prop] for name, b in base.items()},
         "device": f"{os.cpu_count()}-core CPU ({info.get('hardware', {}).get('platform', 'unknown')})",
         "train_config": yaml.safe_load((run / "config.yaml").read_text()),
-        "num_parameters": rec["num_parameters"], "s_per_epoch": rec["s_per_epoch"],
+        "num_parameters": rec["num_parameters"], "s_per_epoch": s["s_per_epoch_median"],
     }
     (dest / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     text = _card_markdown(prop, card)
@@ -156,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         recs = [records[(p, s)] for s in args.seeds]
         keys = {k: list(recs[0]["test"][k]) for k in recs[0]["test"]}
         best = min(recs, key=lambda r: r["val"][p][SELECT_ON[p]])
+        ensemble = build_ensemble(p, args.seeds, out) if len(args.seeds) > 1 else None
+        # ship the ensemble when its validation score beats the best single seed's
+        shipped = best["seed"]
+        if ensemble is not None and ensemble["val"][p][SELECT_ON[p]] < best["val"][p][SELECT_ON[p]]:
+            shipped = "ensemble"
         summary["properties"][p] = {
             "config_source": configs[p][1], "overrides": configs[p][0], "seeds": args.seeds,
-            "select_on": SELECT_ON[p], "shipped_seed": best["seed"],
+            "select_on": SELECT_ON[p], "shipped_seed": shipped, "ensemble": ensemble,
             "num_parameters": recs[0]["num_parameters"],
             "s_per_epoch_median": float(np.median([r["s_per_epoch"] for r in recs])),
             "epochs": [r["epochs"] for r in recs],
@@ -176,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in args.properties:
             print("shipped", ship(p, summary, out, Path(args.ship)))
     for p in args.properties:
+        ens = summary["properties"][p]["ensemble"]
+        if ens:
+            print(p, "ensemble", {k: round(v, 4) for k, v in ens["test"][p].items() if k in ("frobenius_mae", "ewt25")})
         t = summary["properties"][p]["test"]
         print(p, {k: {m: round(v["mean"], 4) for m, v in ms.items() if v["mean"] is not None and m in (
             "frobenius_mae", "ewt25", "rel_frobenius", "refractive_index_mae", "norm_spearman", "K_VRH_mae",

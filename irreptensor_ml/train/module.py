@@ -118,7 +118,8 @@ class TensorLightningModule(lightning.LightningModule):
             ``outputs: {prop: "linear"|"exp"}`` selects each head's output transform
             (:class:`~irreptensor_ml.model.outputs.OutputMap`; default ``linear``).
         loss: ``{"type": name or {prop: name}, "smooth_l1_beta": float, "weights": {prop: float}}``
-            with names ``frobenius``, ``relative``, ``log``, ``mse``, ``smooth_l1`` (module doc).
+            with names ``frobenius``, ``relative``, ``relative_sign_free``, ``log``, ``mse``,
+            ``smooth_l1`` (module doc).
         optim: ``{"lr", "weight_decay", "scheduler": "cosine"|"plateau"|"none", "warmup_epochs",
             "min_lr", "plateau_factor", "plateau_patience"}``.
         normalizers: ``{prop: IrrepNormalizer or its state_dict()}`` of the physical targets:
