@@ -411,14 +411,19 @@ def test_checkpoint_round_trip_of_a_foundation_model(foundation_predictor, tmp_p
     from irreptensor_ml.train.checkpoint import load_model, save_model
 
     model = foundation_predictor
-    normalizers = {p: IrrepNormalizer().fit(torch.randn(5, o3.Irreps(it.irreps(p)).dim), it.irreps(p))
-                   for p in PROPERTIES}
-    path = save_model(tmp_path / "model.pt", model, normalizers)
-    torch.load(path, weights_only=True)  # plain tensors and containers only
-    loaded, loaded_norms, _ = load_model(path)
-    batch = batch_of([polar_structure()], dtype=torch.float32)
-    with torch.no_grad():
-        expected, got = model(batch), loaded(batch)
+    identity = {k: v.clone() for k, v in model.outputs.state_dict().items()}
+    try:
+        for p in PROPERTIES:  # model.pt format 2: the output maps hold the normalization
+            norm = IrrepNormalizer().fit(torch.randn(5, o3.Irreps(it.irreps(p)).dim), it.irreps(p))
+            model.outputs[p].load_normalizer(norm.state_dict())
+        path = save_model(tmp_path / "model.pt", model)
+        torch.load(path, weights_only=True)  # plain tensors and containers only
+        loaded, loaded_norms, _ = load_model(path)
+        batch = batch_of([polar_structure()], dtype=torch.float32)
+        with torch.no_grad():
+            expected, got = model(batch), loaded(batch)
+    finally:  # the module's fixture keeps its own output maps
+        model.outputs.load_state_dict(identity)
     for p in PROPERTIES:
         assert torch.equal(expected[p], got[p])
     assert loaded.config == model.config and set(loaded_norms) == set(PROPERTIES)
