@@ -141,12 +141,13 @@ def test_normalizers_fit_on_training_split_only(dm: TensorDataModule, data_dirs,
         ref = IrrepNormalizer().fit(dm.train_dataset.targets(p), dm.irreps[p])
         assert torch.equal(ref.scale, dm.normalizers[p].scale)
         assert torch.equal(ref.shift, dm.normalizers[p].shift)
-    # blow up every val/test tensor by 1000: the normalizers must not change
+    # blow up every val/test tensor by 5 (more would pass the physical bounds of
+    # records.TENSOR_MAGNITUDE_BOUNDS and skip the record): the normalizers must not change
     held_out = {mid for ds in (dm.val_dataset, dm.test_dataset)
                 for uids in ds.record_uids for mid in (u.split(":")[1] for u in uids)}
     train_ids = {u.split(":")[1] for uids in dm.train_dataset.record_uids for u in uids}
     assert held_out and not held_out & train_ids
-    root2 = _write_subset(tmp_path / "data", scale_ids={m: 1000.0 for m in held_out})
+    root2 = _write_subset(tmp_path / "data", scale_ids={m: 5.0 for m in held_out})
     dm2 = TensorDataModule(_config(root2, tmp_path / "cache"))
     dm2.setup()
     assert dm2.split == dm.split
