@@ -132,7 +132,11 @@ class StudyData:
                 raise ValueError("data module is not set up; call setup() first")
             for (graph, tgt), key, rec in zip(ds.samples, ds.material_keys, ds.record_uids):
                 graphs.append(graph)
-                targets.append({p: torch.as_tensor(v, dtype=torch.float64) for p, v in tgt.items()})
+                # the study's targets are the properties; the dielectric parts (electronic, ionic
+                # targets of the data module) are not study targets yet
+                targets.append(
+                    {p: torch.as_tensor(v, dtype=torch.float64) for p, v in tgt.items() if p in dm.irreps}
+                )
                 keys.append(str(key))
                 sides.append(side)
                 uids.append([str(u) for u in rec])
