@@ -360,6 +360,8 @@ def structure_problems(structure: Any, seen: frozenset[int] | None = None) -> li
     the volume per atom (:data:`VOLUME_PER_ATOM_RANGE`)."""
     from pymatgen.core.periodic_table import Element
 
+    if len(structure) == 0:
+        return ["the structure has no sites"]
     problems = []
     if seen is not None:
         unseen = sorted({el.Z for site in structure for el in site.species} - seen)

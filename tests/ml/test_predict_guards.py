@@ -138,3 +138,10 @@ def test_caller_model_untouched_after_failures(tiny) -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run([rocksalt("Og"), perovskite()], "elastic", tiny)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_empty_structure_is_flagged_not_a_crash(tiny) -> None:
+    empty = Structure(Lattice.cubic(4.0), [], [])
+    out, msgs = run([empty, perovskite()], "elastic", tiny)
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+    assert msgs[0].startswith("structure 0 (") and "no sites" in msgs[0]
