@@ -126,7 +126,10 @@ def test_shipped_model_flags_the_issue_examples() -> None:
     """The issue's cases with the shipped elastic model: H in a 0.5 A cell, AmCl."""
     h = Structure(Lattice.cubic(0.5), ["H"], [[0, 0, 0]])
     out, msgs = run([h, rocksalt("Am"), perovskite()], "elastic")
-    assert np.isfinite(out).all()
+    # the shipped exp-output model overflows on the 0.5 A cell: a NaN row (with its own warning),
+    # never a failure of the other structures
+    assert np.isfinite(out[1:]).all()
+    assert np.isfinite(out[0]).all() or any(m.startswith("structure 0 (") for m in msgs if "unreliable" not in m)
     flagged = [m for m in msgs if "unreliable" in m]
     assert len(flagged) == 2
     assert flagged[0].startswith("structure 0 (") and "volume per atom" in flagged[0]
