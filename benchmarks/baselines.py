@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for prop in args.properties:
         res = run(prop, args.split)
         (out / f"{prop}{'' if args.split == 'test' else '_' + args.split}.json").write_text(json.dumps(res, indent=1) + "\n")
-        print(f"\n{prop} ({args.split}, {res['n']} MP materials)\n\n| baseline | target | " + " | ".join(show) + " |")
+        print(f"\n{prop} ({args.split}, {res['n']} materials: {res['materials']})\n\n| baseline | target | " + " | ".join(show) + " |")
         print("|---|---|" + "---|" * len(show))
         for name, by_key in res["baselines"].items():
             for k, m in by_key.items():

@@ -121,10 +121,9 @@ def collect_predictions(
         M.check_property(p)
         if p not in heads:
             raise ValueError(f"model has no head for property {p!r} (heads: {', '.join(heads)})")
-    kinds = {p: p for p in props}
+    kinds = {p: p for p in props}  # output key -> tensor kind; a part has its property's kind
     for p in props:
-        for part in getattr(model.outputs[p], "parts", ()) if hasattr(model, "outputs") else ():
-            kinds[f"{p}_{part}"] = p
+        kinds.update({f"{p}_{part}": p for part in model.outputs[p].parts})
     dtype, device = _model_dtype_device(model)
     was_training = model.training
     model.eval()

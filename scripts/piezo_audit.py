@@ -29,19 +29,19 @@ import argparse
 import concurrent.futures as cf
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tune import is_mp  # noqa: E402
+
 BASE = "irreptensor_ml/configs/learn.yaml"
 LOSSES = ("relative", "relative_sign_free")
 FLAG_COSINE = -0.5
-
-
-def is_mp(material_id: str) -> bool:
-    return str(material_id).split(":")[-1].startswith("mp-")
 
 
 def run_one(loss: str, seed: int, out: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tune import BASE, SELECT_ON, mp_metrics  # noqa: E402
+from tune import BASE, SELECT_ON, scored_metrics  # noqa: E402
 
 #: configuration of a property without a tuning study: the learn.yaml model with the exp output
 #: (positive definite by construction) and the Frobenius loss.
@@ -80,8 +80,8 @@ def run_seed(prop: str, overrides: list[str], seed: int, out: Path) -> dict[str,
     record = {"property": prop, "seed": seed, "overrides": overrides, "train_wall_s": round(wall, 1),
               "epochs": epochs, "s_per_epoch": round(wall / epochs, 2),
               "num_parameters": info["model"]["num_parameters"], "device": info.get("hardware", {}),
-              "val": mp_metrics(seed_dir / "run", prop, "val"),
-              "test": mp_metrics(seed_dir / "run", prop, "test", plots=True)}
+              "val": scored_metrics(seed_dir / "run", prop, "val"),
+              "test": scored_metrics(seed_dir / "run", prop, "test", plots=True)}
     shutil.rmtree(seed_dir / "run" / "checkpoints", ignore_errors=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -106,7 +106,7 @@ def build_ensemble(prop: str, seeds: list[int], out: Path) -> dict[str, Any]:
     config = yaml.safe_load((runs[0] / "config.yaml").read_text())
     path = save_model(ens_dir / "model.pt", TensorEnsemble(members), config, {"members": [str(r) for r in runs]})
     record = {"property": prop, "seeds": seeds, "num_parameters": sum(p.numel() for m in members for p in m.parameters()),
-              "val": mp_metrics(path, prop, "val"), "test": mp_metrics(path, prop, "test", plots=True)}
+              "val": scored_metrics(path, prop, "val"), "test": scored_metrics(path, prop, "test", plots=True)}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 

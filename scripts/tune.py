@@ -102,7 +102,7 @@ def sample_overrides(trial: Any, prop: str) -> list[str]:
     return out
 
 
-def mp_metrics(run_dir: Path, prop: str, split: str, plots: bool = False) -> dict[str, Any]:
+def scored_metrics(run_dir: Path, prop: str, split: str, plots: bool = False) -> dict[str, Any]:
     """Metrics of ``prop`` on the scored materials (:data:`SCORED`) of ``split`` (all metric names
     of :func:`irreptensor_ml.evaluate.compute_metrics`, parts included)."""
     from irreptensor_ml.evaluate import compute_metrics, evaluate_run
@@ -126,7 +126,7 @@ def objective_factory(prop: str, out: Path):
         started = time.time()
         fit(BASE, trial_dir / "run", overrides)
         wall = time.time() - started
-        val = mp_metrics(trial_dir / "run", prop, "val")
+        val = scored_metrics(trial_dir / "run", prop, "val")
         info = json.loads((trial_dir / "run" / "run_info.json").read_text())
         epochs = int(info.get("epochs_completed") or 0) + 1
         record = {"number": trial.number, "params": trial.params, "overrides": overrides, "val": val,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                 sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=6),
                                 load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # died mid-trial
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # its process died mid-trial
     if not study.trials:  # start from the configuration of scripts/learn_models.py
         base = {"width": 16, "depth": 2, "angular": "l3m2", "cutoff": 4.0, "lr": 0.005,
                 "epochs": 80, "batch_size": 16, "loss": LOSSES[args.property][0], "sources": "all",

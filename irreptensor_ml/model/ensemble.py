@@ -1,8 +1,8 @@
 """An ensemble of trained predictors: the mean of their physical outputs.
 
-Models trained from different seeds on ~1,000 crystals disagree by as much as their error
-(dielectric EwT25 of single seeds spans 44-54 %); their mean is more accurate than the typical
-member and keeps the admissibility of ``exp`` outputs: a mean of matrices with eigenvalues above 1
+Models trained from different seeds on ~1,000 crystals disagree by about as much as their error;
+their mean is usually more accurate than a typical member (compare ``ensemble`` with the seeds in
+``results/final/summary.json``) and keeps the admissibility of ``exp`` outputs: a mean of matrices with eigenvalues above 1
 (or positive definite) has eigenvalues above 1 (is positive definite), since the smallest
 eigenvalue is concave.  A :class:`TensorEnsemble` has the inference interface of a
 :class:`~irreptensor_ml.model.predictor.TensorPredictor` (``forward``, ``heads``, ``outputs``,

@@ -268,7 +268,7 @@ class OutputMap(nn.Module):
         """Normalized latent ``(B, latent_dim)`` -> physical irreps ``(B, dim)`` (same dtype); with
         parts, their sum."""
         if self.parts:
-            return torch.stack(list(self.forward_parts(y).values())).sum(dim=0)
+            return sum(self.forward_parts(y).values())
         L = y * self.scale.to(y.dtype) + self.shift.to(y.dtype)
         return self._block(L, self.offset if self.transform == "exp" else 0.0)
 

@@ -199,12 +199,9 @@ class TensorPredictor(nn.Module):
         physical: dict[str, torch.Tensor] = {}
         for prop, y in latent.items():
             out_map = self.outputs[prop]
-            if out_map.parts:
-                parts = out_map.forward_parts(y)
-                physical[prop] = torch.stack(list(parts.values())).sum(dim=0)
-                physical.update({f"{prop}_{p}": v for p, v in parts.items()})
-            else:
-                physical[prop] = out_map(y)
+            parts = out_map.forward_parts(y)
+            physical[prop] = sum(parts.values()) if parts else out_map(y)
+            physical.update({f"{prop}_{p}": v for p, v in parts.items()})
         return latent, physical
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
