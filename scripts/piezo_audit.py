@@ -92,12 +92,61 @@ KEYS = ("frobenius_mae", "rel_frobenius", "ewt25", "norm_mae", "norm_spearman", 
         "max_longitudinal_spearman", "frobenius_mae_sign_free", "sign_agreement")
 
 
+def wurtzite_polarity(records: list[Any]) -> dict[str, Any]:
+    """Sign of e_333 against the structure's polarity for the binary wurtzites (P6_3mc, 4 sites).
+
+    The polarity is the sign of the z component of the cation -> anion bond most parallel to the
+    c axis (cation: the lower electronegativity).  Physically e_33 has one sign for the whole family
+    (ZnO, AlN, GaN, InN, CdS, ZnS, CdSe: all positive in the metal-polar convention), so labels whose
+    ``sign(e_333) * polarity`` disagree with the others point against their structures.
+    """
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    rows = []
+    for r in records:
+        s = r.structure
+        if len(s) != 4 or SpacegroupAnalyzer(s, symprec=0.01).get_space_group_number() != 186:
+            continue
+        species = sorted({site.specie for site in s}, key=lambda e: e.X)
+        if len(species) != 2:
+            continue
+        cation, anion = species
+        # bonds = cation-anion pairs within 1.2x the shortest one (the tetrahedron, not the
+        # next anion along -c, which is as parallel to c)
+        bonds = [nb.coords - site.coords for site in s if site.specie == cation
+                 for nb in s.get_neighbors(site, 4.0) if nb.specie == anion]
+        shortest = min(np.linalg.norm(v) for v in bonds)
+        best = 0.0
+        for v in bonds:
+            if np.linalg.norm(v) <= 1.2 * shortest:
+                c = float(v[2] / np.linalg.norm(v))
+                best = c if abs(c) > abs(best) else best
+        e333 = float(r.tensor[2, 2, 2])
+        rows.append({"material_id": r.material_id, "formula": s.composition.reduced_formula,
+                     "ieee_rotated": "rotated" in str(r.meta.get("tensor_frame", "")),
+                     "polarity": int(np.sign(best)), "e333": round(e333, 4),
+                     "agreement": int(np.sign(best) * np.sign(e333))})
+    signs = [row["agreement"] for row in rows]
+    return {"rule": "sign(e_333) * sign(z of the cation->anion bond along c), binary P6_3mc with 4 sites",
+            "n": len(rows), "plus": signs.count(1), "minus": signs.count(-1), "records": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="results/audit/piezoelectric")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--polarity-only", action="store_true",
+                    help="only the wurtzite polarity check (no training): <out>/wurtzite_polarity.json")
     args = ap.parse_args(argv)
+    if args.polarity_only:
+        from irreptensor_ml.data.records import load_records
+
+        result = wurtzite_polarity(list(load_records("piezoelectric", "mp")))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "wurtzite_polarity.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wurtzites: {result['n']}, sign(e333)*polarity +1: {result['plus']}, -1: {result['minus']}")
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with cf.ProcessPoolExecutor(args.workers) as pool:

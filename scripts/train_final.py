@@ -44,10 +44,14 @@ FALLBACK = {
 }
 
 
-#: overrides added to the tuned configuration: the shipped dielectric model must predict the
-#: electronic part (refractive index), so its head predicts the parts whether or not the best
-#: trial did.
-REQUIRED = {"dielectric": ["model.heads={dielectric: {parts: true}}"]}
+#: overrides added to (or replacing the same key of) the tuned configuration.  The shipped
+#: dielectric model must predict the electronic part (refractive index), so its head predicts the
+#: parts whether or not the best trial did.  The elastic trunk needs ``l = 4`` edge harmonics:
+#: at a site of cubic symmetry every ``l = 1, 2, 3`` feature vanishes, so with ``lmax_sh < 4`` the
+#: ``4e`` block (the cubic anisotropy) of a cubic crystal is exactly zero and C is predicted
+#: isotropic (``tests/ml/test_model_components.py::test_cubic_crystal_needs_lmax_sh_4``).
+REQUIRED = {"dielectric": ["model.heads={dielectric: {parts: true}}"],
+            "elastic": ["model.trunk.lmax_sh=4"]}
 
 
 def overrides_for(prop: str, tune_dir: Path) -> tuple[list[str], str]:
@@ -57,6 +61,8 @@ def overrides_for(prop: str, tune_dir: Path) -> tuple[list[str], str]:
         data = json.loads(best.read_text())
         found = [o for o in data["overrides"] if not o.startswith("seed=")]
         extra = [o for o in REQUIRED.get(prop, []) if o not in found]
+        replaced = {o.split("=", 1)[0] for o in extra}
+        found = [o for o in found if o.split("=", 1)[0] not in replaced]
         source = f"optuna trial {data['best_number']} ({best})" + (f" plus {extra}" if extra else "")
         return found + extra, source
     return list(FALLBACK[prop]), "fallback (no tuning study)"

@@ -208,3 +208,22 @@ def test_element_features_add_a_fixed_prior_to_the_embedding(tmp_path):
     rebuilt = EquivariantTrunk(**trunk.config)
     rebuilt.load_state_dict(trunk.state_dict())
     assert torch.equal(rebuilt.element_table, table)
+
+
+@pytest.mark.parametrize("lmax_sh, reaches", [(2, False), (3, False), (4, True)])
+def test_cubic_crystal_needs_lmax_sh_4(lmax_sh: int, reaches: bool) -> None:
+    """At sites of cubic symmetry every l = 1, 2, 3 feature vanishes, so the 4e block of the elastic
+    tensor (the cubic anisotropy) of rock salt is exactly zero unless the edge harmonics reach l = 4."""
+    from irreptensor_ml.model import EquivariantTrunk, TensorHead
+
+    torch.manual_seed(0)
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    batch = collate([(structure_to_graph(nacl, 4.0), {})]).to(torch.float64)
+    trunk = EquivariantTrunk(embedding_dim=8, irreps_hidden="8x0e+2x1o+2x2e+2x3o+2x4e", num_layers=2,
+                             lmax_sh=lmax_sh, message_lmax=2, cutoff=4.0, avg_num_neighbors=10.0).double()
+    head = TensorHead(trunk.irreps_out, "2x0e+2x2e+1x4e").double()
+    with torch.no_grad():
+        out = head(trunk(batch), batch.batch, 1)[0]
+    block_4e = out[-9:].norm().item()
+    assert (block_4e > 1e-6) == reaches, block_4e
+    assert out[2:-9].norm().item() < 1e-9  # no 2e anisotropy is allowed in a cubic crystal

@@ -66,3 +66,24 @@ def test_trim_sevenn_keeps_only_sevennet0_and_rewrites_record(tmp_path):
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_wurtzite_polarity_flips_with_the_structure() -> None:
+    """Inverting a wurtzite (Zn-polar -> O-polar) with the same label flips the agreement sign."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    audit = _load("piezo_audit")
+    u = 0.382
+    coords = [[1 / 3, 2 / 3, 0], [2 / 3, 1 / 3, 0.5], [1 / 3, 2 / 3, u], [2 / 3, 1 / 3, 0.5 + u]]
+    zn_polar = Structure(Lattice.hexagonal(3.25, 5.21), ["Zn", "Zn", "O", "O"], coords)
+    o_polar = Structure(zn_polar.lattice, zn_polar.species, [[x, y, -z] for x, y, z in coords])
+    tensor = np.zeros((3, 3, 3))
+    tensor[2, 2, 2] = 1.0
+    records = [SimpleNamespace(structure=s, tensor=tensor, material_id=name, meta={})
+               for name, s in (("zn", zn_polar), ("o", o_polar))]
+    result = audit.wurtzite_polarity(records)
+    assert result["n"] == 2
+    assert [row["agreement"] for row in result["records"]] == [1, -1]
