@@ -153,18 +153,44 @@ def prediction_records(
     from irreptensor_ml import predict as P
 
     M.check_property(property)
-    structures = [P.read_structure(f) for f in files]
+    # one unreadable file or flagged structure gives an ``error`` entry, not a failed call
+    errors: dict[int, str] = {}
+    structures: list[Any] = []
+    first_error: Exception | None = None
+    for k, f in enumerate(files):
+        try:
+            structures.append(P.read_structure(f))
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            first_error = first_error or exc
+            errors[k] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            structures.append(None)
+    good = [k for k in range(len(files)) if k not in errors]
+    if not good:  # nothing to predict: the first file's error is the command's
+        raise first_error  # type: ignore[misc]
     loaded = P.load_predictor(model, property)
     loaded.require(property)
-    x = P.predict_irreps(structures, property, loaded, device=device)
-    cart = np.asarray(it.compose(x, property), dtype=np.float64)
+    x_good = P.predict_irreps([structures[k] for k in good], property, loaded, device=device)
+    x = np.full((len(files), x_good.shape[1]), np.nan)
+    x[good] = x_good
+    for k in good:
+        if not np.all(np.isfinite(x[k])):
+            errors[k] = "no finite prediction (flagged structure: see the warning above)"
+    finite = [k for k in range(len(files)) if k not in errors]
+    if not finite:
+        return [{"file": str(f), "property": property, "error": errors[k]} for k, f in enumerate(files)]
+    cart = np.full((len(files),) + (3,) * it.get_kind(property).rank, np.nan)
+    cart[finite] = np.asarray(it.compose(x[finite], property), dtype=np.float64)
     # dielectric: the 3x3 matrix itself (its 6-vector Voigt form is not what users read)
-    voigt = cart if property == "dielectric" else np.asarray(it.to_voigt(cart, property), dtype=np.float64)
-    derived = M.derived_scalars(cart, property)
+    voigt = dict(zip(finite, cart[finite] if property == "dielectric"
+                     else np.asarray(it.to_voigt(cart[finite], property), dtype=np.float64)))
+    derived = {name: dict(zip(finite, v)) for name, v in M.derived_scalars(cart[finite], property).items()}
     layout = str(it.irreps(property))
     blocks = M.irrep_blocks(layout)
     out = []
     for k, (f, s) in enumerate(zip(files, structures)):
+        if k in errors:
+            out.append({"file": str(f), "property": property, "error": errors[k]})
+            continue
         out.append({
             "file": str(f),
             "formula": s.composition.reduced_formula,
@@ -206,8 +232,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(records, indent=2))
     else:
-        print("\n\n".join(format_prediction_table(r) for r in records))
-    return 0
+        print("\n\n".join(format_prediction_table(r) for r in records if "error" not in r))
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"{PROG} predict: error: {r['file']}: {r['error']}", file=sys.stderr)
+    return EXIT_USAGE if failed else 0
 
 
 # ---------------------------------------------------------------------------------------- main

@@ -281,3 +281,17 @@ def test_evaluate_model_rejects_property_without_head() -> None:
     model, norms = _tiny_predictor(("elastic",))
     with pytest.raises(ValueError, match="model has no head for property 'dielectric'"):
         collect_predictions(model, [], properties=["dielectric"])
+
+
+def test_predict_one_bad_file_keeps_the_others(tmp_path: Path, saved_model: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that does not parse gets an error entry and exit status 2; the good file is predicted."""
+    cif = _write_cif(tmp_path / "NaCl.cif")
+    bad = tmp_path / "bad.cif"
+    bad.write_text("data_x\n_cell_length_a oops\n")
+    assert cli.main(["predict", str(bad), str(cif), "--model", str(saved_model), "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert "error" in records[0] and records[0]["file"] == str(bad)
+    assert records[1]["formula"] == "NaCl" and np.all(np.isfinite(records[1]["voigt"]))
+    assert str(bad) in captured.err and "cannot read a structure from" in captured.err
