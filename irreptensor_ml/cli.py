@@ -169,21 +169,21 @@ def prediction_records(
         raise first_error  # type: ignore[misc]
     loaded = P.load_predictor(model, property)
     loaded.require(property)
-    x_good = P.predict_irreps([structures[k] for k in good], property, loaded, device=device)
-    x = np.full((len(files), x_good.shape[1]), np.nan)
-    x[good] = x_good
+    predicted = P.predict_irreps([structures[k] for k in good], property, loaded, device=device)
+    x = np.full((len(files), predicted.shape[1]), np.nan)
+    x[good] = predicted
+    ok = np.isfinite(x).all(axis=1)
     for k in good:
-        if not np.all(np.isfinite(x[k])):
+        if not ok[k]:
             errors[k] = "no finite prediction (flagged structure: see the warning above)"
-    finite = [k for k in range(len(files)) if k not in errors]
-    if not finite:
+    finite = np.flatnonzero(ok)
+    if finite.size == 0:
         return [{"file": str(f), "property": property, "error": errors[k]} for k, f in enumerate(files)]
-    cart = np.full((len(files),) + (3,) * it.get_kind(property).rank, np.nan)
-    cart[finite] = np.asarray(it.compose(x[finite], property), dtype=np.float64)
+    row = {int(k): i for i, k in enumerate(finite)}  # file index -> row of the finite predictions
+    cart = np.asarray(it.compose(x[finite], property), dtype=np.float64)
     # dielectric: the 3x3 matrix itself (its 6-vector Voigt form is not what users read)
-    voigt = dict(zip(finite, cart[finite] if property == "dielectric"
-                     else np.asarray(it.to_voigt(cart[finite], property), dtype=np.float64)))
-    derived = {name: dict(zip(finite, v)) for name, v in M.derived_scalars(cart[finite], property).items()}
+    voigt = cart if property == "dielectric" else np.asarray(it.to_voigt(cart, property), dtype=np.float64)
+    derived = M.derived_scalars(cart, property)
     layout = str(it.irreps(property))
     blocks = M.irrep_blocks(layout)
     out = []
@@ -196,10 +196,10 @@ def prediction_records(
             "formula": s.composition.reduced_formula,
             "property": property,
             "units": M.TENSOR_UNITS[property],
-            "voigt": voigt[k].tolist(),
+            "voigt": voigt[row[k]].tolist(),
             "irreps_layout": layout,
             "irreps": {name: x[k, sl].tolist() for name, sl in blocks},
-            "derived": {name: float(v[k]) for name, v in derived.items()},
+            "derived": {name: float(v[row[k]]) for name, v in derived.items()},
         })
     return out
 

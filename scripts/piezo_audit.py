@@ -82,8 +82,7 @@ def record_frames() -> dict[str, dict[str, Any]]:
 
     out = {}
     for r in load_records("piezoelectric", "all", check_symmetry=False):
-        frame = str(r.meta.get("tensor_frame", ""))
-        out[r.material_id] = {"source_file": r.source_file, "ieee_rotated": "IEEE" in frame or "ieee" in frame,
+        out[r.material_id] = {"source_file": r.source_file, "ieee_rotated": _ieee_rotated(r),
                               "point_group": str(r.meta.get("point_group", r.meta.get("space_group_label", "")))}
     return out
 
@@ -92,13 +91,18 @@ KEYS = ("frobenius_mae", "rel_frobenius", "ewt25", "norm_mae", "norm_spearman", 
         "max_longitudinal_spearman", "frobenius_mae_sign_free", "sign_agreement")
 
 
+def _ieee_rotated(record: Any) -> bool:
+    """Whether the record's structure was rotated into the IEEE frame (``meta.tensor_frame``)."""
+    return "ieee" in str(record.meta.get("tensor_frame", "")).lower()
+
+
 def wurtzite_polarity(records: list[Any]) -> dict[str, Any]:
     """Sign of e_333 against the structure's polarity for the binary wurtzites (P6_3mc, 4 sites).
 
     The polarity is the sign of the z component of the cation -> anion bond most parallel to the
     c axis (cation: the lower electronegativity).  Physically e_33 has one sign for the whole family
-    (ZnO, AlN, GaN, InN, CdS, ZnS, CdSe: all positive in the metal-polar convention), so labels whose
-    ``sign(e_333) * polarity`` disagree with the others point against their structures.
+    (ZnO, AlN, GaN, InN, CdS, ZnS, CdSe: all positive in the metal-polar convention), so a split of
+    ``sign(e_333) * polarity`` inside it would say that labels point against their structures.
     """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -111,19 +115,16 @@ def wurtzite_polarity(records: list[Any]) -> dict[str, Any]:
         if len(species) != 2:
             continue
         cation, anion = species
-        # bonds = cation-anion pairs within 1.2x the shortest one (the tetrahedron, not the
-        # next anion along -c, which is as parallel to c)
-        bonds = [nb.coords - site.coords for site in s if site.specie == cation
-                 for nb in s.get_neighbors(site, 4.0) if nb.specie == anion]
-        shortest = min(np.linalg.norm(v) for v in bonds)
-        best = 0.0
-        for v in bonds:
-            if np.linalg.norm(v) <= 1.2 * shortest:
-                c = float(v[2] / np.linalg.norm(v))
-                best = c if abs(c) > abs(best) else best
+        # the tetrahedron's bonds (within 1.2x the shortest), not the next anion along -c, which is as
+        # parallel to c
+        bonds = np.array([nb.coords - site.coords for site in s if site.specie == cation
+                          for nb in s.get_neighbors(site, 4.0) if nb.specie == anion])
+        lengths = np.linalg.norm(bonds, axis=1)
+        cos = bonds[lengths <= 1.2 * lengths.min(), 2] / lengths[lengths <= 1.2 * lengths.min()]
+        best = float(cos[np.argmax(np.abs(cos))])
         e333 = float(r.tensor[2, 2, 2])
         rows.append({"material_id": r.material_id, "formula": s.composition.reduced_formula,
-                     "ieee_rotated": "rotated" in str(r.meta.get("tensor_frame", "")),
+                     "ieee_rotated": _ieee_rotated(r),
                      "polarity": int(np.sign(best)), "e333": round(e333, 4),
                      "agreement": int(np.sign(best) * np.sign(e333))})
     signs = [row["agreement"] for row in rows]

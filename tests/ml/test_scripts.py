@@ -64,10 +64,6 @@ def test_trim_sevenn_keeps_only_sevennet0_and_rewrites_record(tmp_path):
     assert [l.split(",")[0] for l in lines] == ["sevenn/__init__.py", keep, record]
 
 
-if __name__ == "__main__":
-    pytest.main([__file__])
-
-
 def test_wurtzite_polarity_flips_with_the_structure() -> None:
     """Inverting a wurtzite (Zn-polar -> O-polar) with the same label flips the agreement sign."""
     from types import SimpleNamespace
@@ -87,3 +83,7 @@ def test_wurtzite_polarity_flips_with_the_structure() -> None:
     result = audit.wurtzite_polarity(records)
     assert result["n"] == 2
     assert [row["agreement"] for row in result["records"]] == [1, -1]
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
