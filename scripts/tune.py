@@ -152,7 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/tune")
     ap.add_argument("--timeout", type=float, default=2 * 3600, help="wall-time budget of this invocation, s")
     ap.add_argument("--n-trials", type=int, default=None, help="stop after this many finished trials in total")
+    ap.add_argument("--enqueue", action="append", default=[], metavar="JSON",
+                    help="parameters of a trial to run first (JSON object; keys left out are sampled); repeatable")
     args = ap.parse_args(argv)
+    enqueued = []
+    for text in args.enqueue:
+        try:
+            params = json.loads(text)
+        except json.JSONDecodeError as exc:
+            ap.error(f"--enqueue {text!r}: not JSON ({exc})")
+        if not isinstance(params, dict):
+            ap.error(f"--enqueue {text!r}: expected a JSON object of trial parameters")
+        enqueued.append(params)
     out = Path(args.out) / args.property
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'study.db'}"
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             base["parts"] = False
         study.enqueue_trial(base)
         study.enqueue_trial({**base, "element_features": True})
+    for params in enqueued:
+        study.enqueue_trial(params)
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
     n_trials = None if args.n_trials is None else max(0, args.n_trials - done)
     study.optimize(objective_factory(args.property, out), timeout=args.timeout, n_trials=n_trials,
