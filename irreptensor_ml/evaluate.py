@@ -29,6 +29,7 @@ import torch
 
 import irreptensor as it
 from irreptensor_ml import metrics as M
+from irreptensor_ml.atomic import atomic_write_text
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -201,9 +202,7 @@ def predictions_to_json(predictions: Mapping[str, PropertyPredictions]) -> dict[
 
 
 def _write_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 def evaluate_model(

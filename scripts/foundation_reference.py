@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from irreptensor_ml.atomic import atomic_write_text
+
 DEFAULT_OUT = Path("results/foundation/reference")
 STRAINS = (-0.01, -0.005, 0.005, 0.01)
 #: name of the reference row in reports
@@ -165,9 +167,7 @@ def summarize(out: Path, materials: list[dict], fingerprint: str, settings: dict
         metrics = tensor_metrics(pred, true, "elastic", pred_irreps=pred_i, true_irreps=true_i)
         summary["metrics"] = {k: (float(v) if np.isfinite(v) else None) for k, v in metrics.items()}
         summary["n_not_converged"] = sum(not r["converged"] for r in rows)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out / "summary.json")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"sample_id": m["sample_id"], "num_atoms": m["num_atoms"], "status": "failed",
                        "error": f"{type(exc).__name__}: {exc}"}
             path = args.out / "materials" / file_name(m["sample_id"])
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(row, indent=1) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(row, indent=1) + "\n")
             summarize(args.out, materials, fingerprint, settings)
     s = summarize(args.out, materials, fingerprint, settings)
     met = s["metrics"] or {}

@@ -18,6 +18,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from irreptensor_ml.atomic import atomic_writer
+
 PACKAGES = ["sevenn==0.13.0", "ase==3.29.0", "braceexpand==0.1.7", "matscipy==1.3.1"]
 KEEP = "SevenNet_0__11Jul2024/"
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
@@ -27,8 +29,8 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
 def trim_sevenn(wheel: Path) -> Path:
     """Rewrite ``wheel`` without the checkpoints other than :data:`KEEP` (RECORD updated)."""
     drop = lambda name: "pretrained_potentials/" in name and name.endswith(".pth") and KEEP not in name  # noqa: E731
-    tmp = wheel.with_suffix(".tmp")
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+    with zipfile.ZipFile(wheel) as src, atomic_writer(wheel, "wb") as fh, \
+            zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as dst:
         for info in src.infolist():
             if drop(info.filename):
                 continue
@@ -37,7 +39,6 @@ def trim_sevenn(wheel: Path) -> Path:
                 lines = data.decode().splitlines()
                 data = ("\n".join(l for l in lines if not drop(l.split(",")[0])) + "\n").encode()
             dst.writestr(info, data)
-    tmp.replace(wheel)
     return wheel
 
 

@@ -8,8 +8,10 @@ lists) is cached under one directory:
 
 Cache entries are keyed by a SHA-256 of their *content* (structures, tensors, settings) plus
 :data:`CACHE_VERSION`, so a changed input or a changed algorithm gives a new file rather than a
-stale hit. Files are written atomically (temporary file + :func:`os.replace`) so that several
-processes (e.g. DDP ranks) can populate the cache concurrently without reading half-written files.
+stale hit. Files are written atomically (:mod:`irreptensor_ml.atomic`: temporary file +
+:func:`os.replace`) so that several processes (e.g. DDP ranks) can populate the cache concurrently
+without reading half-written files; ``atomic_write_json`` and ``atomic_torch_save`` are re-exported
+here from that module.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from irreptensor_ml.atomic import atomic_torch_save, atomic_write_json  # noqa: F401  (re-exported)
 
 #: Bump when the meaning of any cached artefact changes (graph layout, residual definition,
 #: grouping rule). It is part of every cache key.
@@ -76,23 +79,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (creates parent directories)."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_json(path: Path) -> Any | None:
     """Read a JSON cache file; return ``None`` if it is missing or unreadable (then rebuild)."""
     try:
@@ -100,18 +86,6 @@ def read_json(path: Path) -> Any | None:
             return json.load(fh)
     except (OSError, ValueError):
         return None
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` to ``path`` atomically; ``obj`` must hold only tensors/str/int/lists/dicts."""
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def torch_load_plain(path: Path) -> Any | None:

@@ -56,9 +56,9 @@ from typing import Any, Iterable, Sequence
 import irreptensor as it
 import numpy as np
 
+from irreptensor_ml.atomic import atomic_write_json
 from irreptensor_ml.data.cache import (
     CACHE_VERSION,
-    atomic_write_json,
     file_sha256,
     hash_parts,
     read_json,

@@ -29,9 +29,9 @@ from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
 
+from irreptensor_ml.atomic import atomic_write_json
 from irreptensor_ml.data.cache import (
     CACHE_VERSION,
-    atomic_write_json,
     file_sha256,
     hash_parts,
     read_json,

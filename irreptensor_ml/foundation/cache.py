@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from irreptensor_ml.atomic import atomic_torch_save
 from irreptensor_ml.data.batch import collate
 from irreptensor_ml.data.cache import (
     CACHE_VERSION,
-    atomic_torch_save,
     hash_parts,
     resolve_cache_dir,
     torch_load_plain,

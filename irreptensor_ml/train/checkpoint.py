@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
+from irreptensor_ml.atomic import atomic_torch_save
 from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.model import TensorPredictor
 
@@ -88,12 +89,7 @@ def save_model(
         "config": dict(config or {}),
         "info": dict(info or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(path, payload)
 
 
 def _run_status(run_dir: Path) -> str | None:

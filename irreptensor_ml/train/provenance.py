@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import torch
 import yaml
 
+from irreptensor_ml.atomic import atomic_write_text
+
 __all__ = [
     "package_versions",
     "hardware_info",
@@ -90,21 +92,14 @@ def hardware_info() -> dict[str, Any]:
     return info
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (non-JSON values are converted with ``str``)."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_yaml(path: str | os.PathLike[str], obj: Mapping[str, Any]) -> None:
     """Atomically write a plain mapping as YAML (keys kept in insertion order)."""
-    _atomic_write_text(Path(path), yaml.safe_dump(dict(obj), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(dict(obj), sort_keys=False))
 
 
 def read_metrics_csv(path: str | os.PathLike[str], max_epoch: int | None = None) -> list[dict[str, str]]:
@@ -130,8 +125,8 @@ def read_metrics_csv(path: str | os.PathLike[str], max_epoch: int | None = None)
 
 
 def write_metrics_csv(path: str | os.PathLike[str], rows: list[Mapping[str, Any]]) -> None:
-    """Atomically write ``rows`` as CSV (temp file + rename, so a reader or a killed process
-    never sees a partial file); the columns are the union of the rows' keys, in first-seen order."""
+    """Atomically write ``rows`` as CSV (:mod:`irreptensor_ml.atomic`, so a reader or a killed
+    process never sees a partial file); the columns are the union of the rows' keys, in first-seen order."""
     fields: dict[str, None] = {}
     for row in rows:
         fields.update(dict.fromkeys(row))
@@ -139,7 +134,7 @@ def write_metrics_csv(path: str | os.PathLike[str], rows: list[Mapping[str, Any]
     writer = csv.DictWriter(buf, fieldnames=list(fields))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write_text(Path(path), buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def python_command() -> list[str]:
