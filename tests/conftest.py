@@ -1,6 +1,17 @@
-"""Shared test options: ``--runslow`` runs the tests marked ``@pytest.mark.slow``."""
+"""Shared test options: ``--runslow`` runs the tests marked ``@pytest.mark.slow``.
+
+Also puts ``tests/`` on ``sys.path`` (whatever pytest's import mode) so that test files can share
+``from strategies import ...`` (the hypothesis strategies of ``tests/strategies.py``).
+"""
+
+import sys
+from pathlib import Path
 
 import pytest
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
 
 def pytest_addoption(parser):
