@@ -223,5 +223,32 @@ class TensorProductHead(nn.Module):
     def forward(self, node_features: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
         return mean_pool(self.node_outputs(node_features), batch, num_graphs)
 
+    # e3nn compiles the tensor square into a torch.fx GraphModule and copies or pickles it
+    # (``copy.deepcopy``, ``torch.save`` of the module) as its generated code, which torch.fx
+    # traces again when it is loaded.  That trace stores every intermediate tensor it computes
+    # from buffers alone (index slices, scaled Clebsch-Gordan blocks) as a new *persistent*
+    # buffer ``_tensor_constantN`` of the copy's GraphModule, so the copy's state_dict has keys
+    # the original lacks (a model.pt saved from it does not load into a freshly built model).
+    # Those buffers are derived constants, not state: the copy keeps them out of its state_dict.
+    _STATE_KEYS = "_irreptensor_state_dict_keys"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state[self._STATE_KEYS] = list(self.state_dict(keep_vars=True))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        keys = state.pop(self._STATE_KEYS, None)
+        super().__setstate__(state)
+        if keys is None:
+            return
+        keep = set(keys)
+        for prefix, module in self.named_modules():
+            for name, buf in list(module._buffers.items()):
+                full = f"{prefix}.{name}" if prefix else name
+                if buf is not None and full not in keep and name not in module._non_persistent_buffers_set:
+                    module.register_buffer(name, buf, persistent=False)
+
 
 HEAD_TYPES.update({"linear": TensorHead, "tensor_product": TensorProductHead})

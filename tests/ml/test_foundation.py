@@ -106,6 +106,30 @@ def test_head_needs_no_sevenn_and_reaches_every_property():
         TensorProductHead("8x0e+4x1o", "1x4e")  # 1 (x) 1 reaches l <= 2 only
 
 
+def test_tensor_product_head_copies_keep_the_state_dict_keys(tmp_path):
+    """deepcopy / pickling re-traces e3nn's compiled tensor square; the constants that trace
+    adds must not become state (a copy's model.pt must load into a freshly built model)."""
+    import copy
+
+    from irreptensor_ml.foundation import TensorProductHead
+
+    torch.manual_seed(0)
+    head = TensorProductHead("4x0e+2x1o+2x2e", it.irreps("elastic"), mul_square=2).eval()
+    keys = list(head.state_dict())
+    torch.save(head, tmp_path / "head.pt")
+    copies = [copy.deepcopy(head), torch.load(tmp_path / "head.pt", weights_only=False)]
+    copies.append(copy.deepcopy(copies[0]))
+    x, batch = o3.Irreps("4x0e+2x1o+2x2e").randn(5, -1), torch.tensor([0, 0, 1, 1, 1])
+    for other in copies:
+        assert list(other.state_dict()) == keys
+        fresh = TensorProductHead("4x0e+2x1o+2x2e", it.irreps("elastic"), mul_square=2).eval()
+        fresh.load_state_dict(other.state_dict())  # strict
+        other.load_state_dict(head.state_dict())
+        with torch.no_grad():
+            assert torch.allclose(other(x, batch, 2), head(x, batch, 2), atol=1e-6)
+            assert torch.allclose(fresh(x, batch, 2), head(x, batch, 2), atol=1e-6)
+
+
 HEAD_IRREPS_IN = o3.Irreps("8x0o+8x0e+4x1o+4x1e+2x2o+2x2e")
 
 
@@ -427,6 +451,22 @@ def test_checkpoint_round_trip_of_a_foundation_model(foundation_predictor, tmp_p
     for p in PROPERTIES:
         assert torch.equal(expected[p], got[p])
     assert loaded.config == model.config and set(loaded_norms) == set(PROPERTIES)
+
+
+def test_deepcopy_of_a_foundation_model_keeps_its_state_dict(foundation_predictor):
+    """A copy of a foundation-trunk model with tensor-product heads (predict works on one) has
+    the original's state_dict keys, not extra buffers of e3nn's re-traced tensor squares."""
+    import copy
+
+    model = foundation_predictor
+    clone = copy.deepcopy(model)
+    assert list(clone.state_dict()) == list(model.state_dict())
+    clone.load_state_dict(model.state_dict())  # strict
+    batch = batch_of([polar_structure()], dtype=torch.float32)
+    with torch.no_grad():
+        expected, got = model(batch), clone(batch)
+    for p in PROPERTIES:
+        assert torch.allclose(got[p], expected[p], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- transfer strategies
