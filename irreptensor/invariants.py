@@ -39,6 +39,15 @@ def _coords(T: Any, kind: str, symmetrize: bool) -> np.ndarray:
     return np.asarray(decompose(_as_numpy(T), kind, symmetrize=symmetrize), dtype=np.float64)
 
 
+def _norm(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis, computed on ``x / max|x|`` so that the squares of huge entries do
+    not overflow to inf and those of tiny entries do not lose their bits to underflow (plain
+    ``np.linalg.norm`` gives inf for a tensor with an entry of 1e160 and ~1e-4 relative error at 1e-160)."""
+    m = np.max(np.abs(x), axis=-1, keepdims=True, initial=0.0)
+    m = np.where(m > 0, m, 1.0)
+    return np.linalg.norm(x / m, axis=-1) * m[..., 0]
+
+
 def block_norms(T: Any, kind: str = "elastic", *, symmetrize: bool = False) -> dict[str, np.ndarray]:
     """Euclidean norm of each irrep block, e.g. ``{"0e[0]": (...), "0e[1]": ..., "2e[0]": ..., "4e": ...}``.
 
@@ -50,7 +59,7 @@ def block_norms(T: Any, kind: str = "elastic", *, symmetrize: bool = False) -> d
         dict block name -> ``(...,)`` float64 array (unit of the tensor).
     """
     x = _coords(T, kind, symmetrize)
-    return {b.name: np.linalg.norm(x[..., b.slice], axis=-1) for b in blocks(get_kind(kind))}
+    return {b.name: _norm(x[..., b.slice]) for b in blocks(get_kind(kind))}
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,8 +169,8 @@ def distance_from_isotropy(T: Any, kind: str = "elastic", *, relative: bool = Tr
     for b in blocks(get_kind(kind)):
         if b.l == 0 and b.parity == 1:
             mask[b.slice] = False
-    aniso = np.linalg.norm(x[..., mask], axis=-1)
+    aniso = _norm(x[..., mask])
     if not relative:
         return aniso
-    total = np.linalg.norm(x, axis=-1)
+    total = _norm(x)
     return np.divide(aniso, total, out=np.zeros_like(aniso), where=total > 0)
