@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import irreptensor as it
 from irreptensor.harmonic import harmonic_parts
+from strategies import power_of_two_scale, rotations, tensors_of_kind
 from irreptensor.invariants import (
     block_norms,
     distance_from_isotropy,
@@ -160,3 +163,31 @@ def test_errors():
         vrh_moduli(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="unknown tensor kind"):
         block_norms(np.zeros((3, 3)), "dielectrik")
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind_T=st.sampled_from(["elastic", "piezoelectric", "dielectric"]).flatmap(
+    lambda k: st.tuples(st.just(k), tensors_of_kind(k, batch=(3,)))), R=rotations())
+def test_block_norms_and_distance_from_isotropy_of_drawn_tensors(kind_T, R):
+    """Drawn tensors (tiny to huge but finite entries) and rotations (proper and improper): the block norms
+    are finite, complete (their squares sum to |T|_F^2) and invariant; so is the distance from isotropy,
+    whose relative form lies in [0, 1]."""
+    kind, T = kind_T
+    # reference sums of squares of each tensor divided by a power of two near its largest entry (exact; the
+    # squares neither overflow nor underflow)
+    s = np.array([power_of_two_scale(t) for t in T])
+    sq = ((T.reshape(3, -1) / s[:, None]) ** 2).sum(1)
+    frob = np.sqrt(sq) * s
+    n0 = block_norms(T, kind)
+    assert list(n0) == [b.name for b in it.blocks(kind)]
+    assert all(np.isfinite(v).all() for v in n0.values())
+    np.testing.assert_allclose(sum((v / s) ** 2 for v in n0.values()), sq, rtol=1e-12)
+    n1 = block_norms(it.rotate(T, R, kind), kind)
+    for k in n0:
+        assert np.all(np.abs(n1[k] - n0[k]) <= 1e-11 * n0[k] + 1e-13 * frob), k
+    d0 = distance_from_isotropy(T, kind, relative=False)
+    d1 = distance_from_isotropy(it.rotate(T, R, kind), kind, relative=False)
+    assert np.isfinite(d0).all() and np.all(np.abs(d1 - d0) <= 1e-11 * d0 + 1e-13 * frob)
+    r0 = distance_from_isotropy(T, kind)
+    assert np.all((r0 >= 0) & (r0 <= 1 + 1e-15))
+    assert np.all(np.abs(r0 * frob - d0) <= 1e-12 * frob)
