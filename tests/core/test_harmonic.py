@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 import irreptensor as it
 from irreptensor.harmonic import (
@@ -11,6 +12,7 @@ from irreptensor.harmonic import (
     harmonic_parts,
     levi_civita,
 )
+from strategies import elastic_tensors, piezo_tensors, rotations
 
 DIM = {"elastic": 21, "piezoelectric": 18, "dielectric": 6}
 EPS = levi_civita()
@@ -283,3 +285,25 @@ def test_property_based_reconstruction_and_scalars():
         np.testing.assert_allclose(np.einsum("ijkk->ij", p.harmonic), 0.0, atol=1e-12 * scale)
 
     check()
+
+
+@settings(max_examples=30, deadline=None)
+@given(elastic_tensors(), piezo_tensors(), rotations())
+def test_rotation_covariance_of_drawn_tensors(C, e, R):
+    """Drawn Cartesian tensors (tiny to huge but finite entries) and rotations (proper, inversions, mirrors):
+    the scalars are invariant, the vectors polar, the piezoelectric deviator axial, the harmonic parts
+    covariant, and the parts sum back; to 1e-12 of the largest entry (as the fixed-seed test above)."""
+    atol = 1e-12 * np.abs(C).max()
+    p, q = harmonic_parts(C, "elastic"), harmonic_parts(it.rotate(C, R, "elastic"), "elastic")
+    np.testing.assert_allclose(q.bulk_modulus, p.bulk_modulus, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.shear_modulus, p.shear_modulus, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.voigt_deviator, R @ p.voigt_deviator @ R.T, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.harmonic, it.rotate(p.harmonic, R, "ijkl=jikl=ikjl=ijlk"), rtol=0, atol=atol)
+    np.testing.assert_allclose(p.to_cartesian(), C, rtol=0, atol=atol)
+    atol = 1e-12 * np.abs(e).max()
+    p, q = harmonic_parts(e, "piezoelectric"), harmonic_parts(it.rotate(e, R, "piezoelectric"), "piezoelectric")
+    np.testing.assert_allclose(q.vector_u, p.vector_u @ R.T, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.vector_w, p.vector_w @ R.T, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.pseudo_deviator, np.linalg.det(R) * R @ p.pseudo_deviator @ R.T, rtol=0, atol=atol)
+    np.testing.assert_allclose(q.harmonic, it.rotate(p.harmonic, R, "ijk=jik=kji"), rtol=0, atol=atol)
+    np.testing.assert_allclose(p.to_cartesian(), e, rtol=0, atol=atol)
