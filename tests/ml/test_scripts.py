@@ -85,5 +85,18 @@ def test_wurtzite_polarity_flips_with_the_structure() -> None:
     assert [row["agreement"] for row in result["records"]] == [1, -1]
 
 
+def test_data_curve_rejects_a_fraction_outside_0_1(capsys):
+    with pytest.raises(SystemExit):
+        _load("data_curve").main(["piezoelectric", "--fractions", "0", "0.5"])
+    assert "--fractions: 0.0 is not in (0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [("{width: 16", "not JSON"), ("[16]", "expected a JSON object")])
+def test_tune_enqueue_needs_a_json_object(text, message, capsys):
+    with pytest.raises(SystemExit):
+        _load("tune").main(["piezoelectric", "--enqueue", text, "--out", "/nonexistent"])
+    assert message in capsys.readouterr().err
+
+
 if __name__ == "__main__":
     pytest.main([__file__])
