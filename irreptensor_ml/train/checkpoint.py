@@ -103,9 +103,10 @@ def _run_status(run_dir: Path) -> str | None:
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     """A file resolves to itself, a run directory to its ``model.pt``.
 
-    A run directory without ``model.pt`` but with checkpoints is an unfinished training
-    (stopped, crashed or still running): :class:`UnfinishedRunError`, since its partial
-    weights must not pass for a trained model; naming a checkpoint file uses it.  A
+    A run directory without ``model.pt`` but with checkpoints, or with a ``run_info.json``
+    (stopped before its first checkpoint), is an unfinished training (stopped, crashed or still
+    running): :class:`UnfinishedRunError`, since its partial weights must not pass for a trained
+    model; naming a checkpoint file uses it.  A
     ``model.pt`` beside a ``run_info.json`` whose status is not ``finished`` is the export of
     an earlier session of a resumed run: it loads, with a warning."""
     path = Path(path)
@@ -128,6 +129,11 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
                 f"(run_info.json status: {status!r}); resume the training to export the model, or "
                 f"pass a checkpoint such as {str(last if last.is_file() else ckpts[-1])!r} "
                 "explicitly to use its partial weights"
+            )
+        if status is not None:  # e.g. stopped before its first checkpoint
+            raise UnfinishedRunError(
+                f"run directory {str(path)!r} has no {MODEL_FILE}: its training has not finished "
+                f"(run_info.json status: {status!r}) and left no checkpoint; train it again"
             )
         raise ModelFileError(f"run directory {str(path)!r} has neither {MODEL_FILE} nor checkpoints/last.ckpt")
     if not path.is_file():

@@ -20,8 +20,10 @@ directory was moved; raising ``trainer.max_epochs`` extends a finished run.  Che
 verified first: a truncated or foreign one is named in a one-line :class:`ModelFileError`.
 
 A run stopped by SIGTERM records ``status: "interrupted"`` in ``run_info.json`` and raises
-:class:`TrainingInterrupted` (exit status 143); one that fails records ``"failed"`` and its
-error.  Without ``model.pt`` a run directory is refused by ``load_model`` (and so by
+:class:`TrainingInterrupted` (exit status 143), wherever the signal arrives: while the data
+loads, during the training (Lightning stops at the next batch), after the last epoch or during
+the export of ``model.pt`` (which is then not written).  One that fails records ``"failed"``
+and its error.  Without ``model.pt`` a run directory is refused by ``load_model`` (and so by
 ``predict``/``evaluate``) until it finishes.
 
 Multi-GPU / multi-node training uses Lightning's DDP: set ``trainer.strategy: ddp``,
@@ -38,6 +40,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -269,6 +272,41 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class _SigtermGuard:
+    """SIGTERM handler of a training (installed by :func:`_sigterm_guard`): raises Lightning's
+    ``SIGTERMException`` in the main thread, so that a signal that arrives outside Lightning's
+    own handling (data loading, model building, after the last epoch, the export of
+    ``model.pt``) stops the run the way one during training does, recorded and non-zero.
+
+    Inside ``trainer.fit`` Lightning installs its own handler, which calls this one after
+    flagging the signal; it is then left to Lightning (stop at the next batch).  Once a stop is
+    being recorded (:attr:`quiet`), further SIGTERMs are ignored so that the record is written."""
+
+    def __init__(self) -> None:
+        self.quiet = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.quiet or signal.getsignal(signal.SIGTERM) is not self:
+            return
+        self.quiet = True
+        raise SIGTERMException()
+
+
+@contextlib.contextmanager
+def _sigterm_guard() -> Iterator[_SigtermGuard]:
+    """Install a :class:`_SigtermGuard` for the block (main thread only; elsewhere signals
+    cannot be handled and the guard does nothing), then restore the previous handler."""
+    guard = _SigtermGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        yield guard
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def fit(
     config: Mapping[str, Any] | str | os.PathLike[str] | None,
     run_dir: str | os.PathLike[str],
@@ -315,30 +353,6 @@ def _fit_locked(
     metrics_path = run_dir / "metrics.csv"
     history = read_metrics_csv(metrics_path, max_epoch=found[1]["epoch"]) if found else []
 
-    dm = datamodule if datamodule is not None else TensorDataModule(cfg["data"])
-    dm.prepare_data()
-    dm.setup("fit")
-    if datamodule is not None:
-        cfg["data"] = dm.config.to_dict()
-
-    module = TensorLightningModule(
-        irreps=dm.irreps,
-        model=cfg["model"],
-        loss=cfg["loss"],
-        optim=cfg["optim"],
-        max_epochs=int(cfg["trainer"]["max_epochs"]),
-        run_config=cfg,
-        train_targets=dm.training_targets(),
-    )
-    # the effective trunk (a pretrained trunk brings its own settings) must match the graphs
-    if module.model.trunk.cutoff != float(cfg["data"]["cutoff"]):
-        raise ValueError(
-            f"model cutoff {module.model.trunk.cutoff} differs from data.cutoff {cfg['data']['cutoff']}"
-            " (a pretrained trunk keeps the cutoff it was trained with)"
-        )
-    cfg["model"]["trunk"] = dict(module.model.trunk.config)
-    trainer = build_trainer(cfg, run_dir, module.monitor, history)
-
     started = time.time()
     info: dict[str, Any] = {
         "started": _now(),
@@ -346,85 +360,151 @@ def _fit_locked(
         "command": python_command(),
         "pid": os.getpid(),
         "config": cfg,
-        "data": {
-            "hashes": dm.data_hashes(),
-            "summary": dm.summary(),
-            "split": dict(sorted(dm.split.items())),
-        },
-        "model": {
-            "num_parameters": sum(p.numel() for p in module.model.parameters()),
-            "num_trunk_parameters": sum(p.numel() for p in module.model.trunk.parameters()),
-            "irreps": dict(dm.irreps),
-        },
-        "versions": package_versions(),
-        "hardware": hardware_info(),
-        "status": "running",
     }
+    sessions: list[dict[str, Any]] | None = None
     if ckpt_path and info_path.is_file():  # keep a short record of the earlier sessions
         try:
             old = json.loads(info_path.read_text())
         except json.JSONDecodeError:
             old = {}
         keep = ("started", "finished", "resumed_from", "epochs_completed", "status", "wall_time_s")
-        info["history"] = list(old.get("history", [])) + [{k: old.get(k) for k in keep}]
-    if trainer.is_global_zero:
-        write_yaml(run_dir / "config.yaml", cfg)
-        write_json(info_path, info)
+        sessions = list(old.get("history", [])) + [{k: old.get(k) for k in keep}]
 
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    except BaseException as exc:
-        if trainer.is_global_zero:
-            _record_stop(info_path, info, trainer, started, exc)
-        if isinstance(exc, SIGTERMException):
-            raise TrainingInterrupted(
-                f"training in {str(run_dir)!r} interrupted by SIGTERM after {int(trainer.current_epoch)} "
-                f"epoch(s); no {MODEL_FILE} exported, run_info.json status 'interrupted'; the same "
-                "command resumes from the last checkpoint"
-            ) from exc
-        raise
+    trainer: lightning.Trainer | None = None
+    running = False  # run_info.json says "running"
+    with _sigterm_guard() as guard:
+        try:
+            dm = datamodule if datamodule is not None else TensorDataModule(cfg["data"])
+            dm.prepare_data()
+            dm.setup("fit")
+            if datamodule is not None:
+                cfg["data"] = dm.config.to_dict()
 
-    model_path = run_dir / MODEL_FILE
-    if trainer.is_global_zero:
-        ckpt_cb = trainer.checkpoint_callback
-        best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
-        if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
-        best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
-        export_info = {
-            "epochs_completed": int(trainer.current_epoch),
-            "global_step": int(trainer.global_step),
-            "best_checkpoint": best or None,
-            "best_val_loss": None if best_score is None else float(best_score),
-        }
-        save_model(model_path, module.model, cfg, export_info)
-        info.update(
-            export_info,
-            finished=_now(),
-            wall_time_s=round(time.time() - started, 3),
-            model_file=str(model_path),
-            status="finished",
-        )
-        write_json(info_path, info)
-    return model_path
+            module = TensorLightningModule(
+                irreps=dm.irreps,
+                model=cfg["model"],
+                loss=cfg["loss"],
+                optim=cfg["optim"],
+                max_epochs=int(cfg["trainer"]["max_epochs"]),
+                run_config=cfg,
+                train_targets=dm.training_targets(),
+            )
+            # the effective trunk (a pretrained trunk brings its own settings) must match the graphs
+            if module.model.trunk.cutoff != float(cfg["data"]["cutoff"]):
+                raise ValueError(
+                    f"model cutoff {module.model.trunk.cutoff} differs from data.cutoff {cfg['data']['cutoff']}"
+                    " (a pretrained trunk keeps the cutoff it was trained with)"
+                )
+            cfg["model"]["trunk"] = dict(module.model.trunk.config)
+            trainer = build_trainer(cfg, run_dir, module.monitor, history)
+
+            started = time.time()  # "started" and wall_time_s count from here, after the data loading
+            info.update(
+                started=_now(),
+                data={
+                    "hashes": dm.data_hashes(),
+                    "summary": dm.summary(),
+                    "split": dict(sorted(dm.split.items())),
+                },
+                model={
+                    "num_parameters": sum(p.numel() for p in module.model.parameters()),
+                    "num_trunk_parameters": sum(p.numel() for p in module.model.trunk.parameters()),
+                    "irreps": dict(dm.irreps),
+                },
+                versions=package_versions(),
+                hardware=hardware_info(),
+                status="running",
+            )
+            if sessions is not None:
+                info["history"] = sessions
+            if trainer.is_global_zero:
+                write_yaml(run_dir / "config.yaml", cfg)
+                write_json(info_path, info)
+                running = True
+
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            if trainer.received_sigterm:  # after the last batch Lightning only takes note
+                raise SIGTERMException()
+
+            model_path = run_dir / MODEL_FILE
+            if trainer.is_global_zero:
+                ckpt_cb = trainer.checkpoint_callback
+                best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+                if best and Path(best).is_file():
+                    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                    module.load_state_dict(state)
+                best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
+                export_info = {
+                    "epochs_completed": int(trainer.current_epoch),
+                    "global_step": int(trainer.global_step),
+                    "best_checkpoint": best or None,
+                    "best_val_loss": None if best_score is None else float(best_score),
+                }
+                save_model(model_path, module.model, cfg, export_info)
+                info.update(
+                    export_info,
+                    finished=_now(),
+                    wall_time_s=round(time.time() - started, 3),
+                    model_file=str(model_path),
+                    status="finished",
+                )
+                write_json(info_path, info)
+            return model_path
+        except BaseException as exc:
+            guard.quiet = True  # a second SIGTERM must not interrupt the record
+            sigterm = isinstance(exc, SIGTERMException)
+            rank_zero = trainer.is_global_zero if trainer is not None else _is_rank_zero_process()
+            if rank_zero and (running or sigterm):
+                if sessions is not None:
+                    info.setdefault("history", sessions)
+                _record_stop(info_path, info, trainer, started, exc)
+            if sigterm:
+                raise TrainingInterrupted(_interrupted_message(run_dir, trainer, running, ckpt_path)) from exc
+            raise
+
+
+def _interrupted_message(
+    run_dir: Path, trainer: lightning.Trainer | None, running: bool, resumed_from: str | None
+) -> str:
+    """One line for a training stopped by SIGTERM: when, what was (not) written, what next."""
+    if trainer is None or not running:
+        when = "before its training started"
+    elif int(trainer.current_epoch) >= int(trainer.max_epochs or 0) > 0:
+        when = "after its last epoch"
+    else:
+        when = f"after {int(trainer.current_epoch)} epoch(s)"
+    ckpt_cb = trainer.checkpoint_callback if trainer is not None else None
+    resumable = bool(resumed_from or (ckpt_cb is not None and ckpt_cb.last_model_path))
+    return (
+        f"training in {str(run_dir)!r} interrupted by SIGTERM {when}; no {MODEL_FILE} exported, "
+        "run_info.json status 'interrupted'; the same command "
+        + ("resumes from the last checkpoint" if resumable else "starts it again")
+    )
 
 
 def _record_stop(
-    info_path: Path, info: dict[str, Any], trainer: lightning.Trainer, started: float, exc: BaseException
+    info_path: Path,
+    info: dict[str, Any],
+    trainer: lightning.Trainer | None,
+    started: float,
+    exc: BaseException,
 ) -> None:
     """Write ``run_info.json`` for a training that did not return: status ``"interrupted"``
-    (SIGTERM, Ctrl-C, another exit) or ``"failed"`` with the error's first line."""
+    (SIGTERM, Ctrl-C, another exit) or ``"failed"`` with the error's first line.  ``trainer``
+    is ``None`` when the stop came before it was built."""
     stopped = isinstance(exc, (SystemExit, KeyboardInterrupt))
-    ckpt_cb = trainer.checkpoint_callback
     info.update(
         status="interrupted" if stopped else "failed",
         stopped=_now(),
         wall_time_s=round(time.time() - started, 3),
-        epochs_completed=int(trainer.current_epoch),
-        global_step=int(trainer.global_step),
-        last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
     )
+    if trainer is not None:
+        ckpt_cb = trainer.checkpoint_callback
+        info.update(
+            epochs_completed=int(trainer.current_epoch),
+            global_step=int(trainer.global_step),
+            last_checkpoint=(ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
+        )
     if isinstance(exc, SIGTERMException):
         info["signal"] = "SIGTERM"
     elif isinstance(exc, SystemExit):

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,96 @@ def test_predict_and_evaluate_refuse_unfinished_run(tmp_path, one_epoch_run, cap
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "not finished" in err and str(run) in err, err
+
+
+@pytest.fixture
+def sigterm_fallback():
+    """A SIGTERM that nothing in the training handles reaches this handler (a RuntimeError)
+    instead of killing the test process."""
+
+    def fallback(signum, frame):
+        raise RuntimeError("SIGTERM reached the default handler: the training does not handle it here")
+
+    previous = signal.signal(signal.SIGTERM, fallback)
+    yield fallback
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _refused_by_predict_and_evaluate(run: Path, tmp_path: Path, capsys) -> None:
+    cif = tmp_path / "NaCl.cif"
+    from pymatgen.core import Lattice, Structure
+
+    Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(cif))
+    capsys.readouterr()
+    for argv in (["predict", str(cif), "--model", str(run), "--property", "dielectric"],
+                 ["evaluate", str(run), "--no-plots"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "not finished" in err and "'interrupted'" in err, err
+
+
+def test_sigterm_before_training_is_recorded(tmp_path, cache_dir, monkeypatch, capsys, sigterm_fallback):
+    """While the data load, Lightning's handler is not installed yet: it must still be a recorded,
+    non-zero stop, not a silent death that leaves run_info.json 'running' (or nothing)."""
+    from irreptensor_ml.data.datamodule import TensorDataModule
+
+    setup = TensorDataModule.setup
+
+    def setup_then_sigterm(self, *args, **kwargs):
+        setup(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(TensorDataModule, "setup", setup_then_sigterm)
+    run = tmp_path / "run"
+    from irreptensor_ml.train.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["tiny", str(run), f"data.cache_dir={cache_dir}"])
+    assert isinstance(exc.value, TrainingInterrupted) and exc.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "interrupted by SIGTERM before its training started" in err
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and info["signal"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is sigterm_fallback  # the caller's handler is back
+    monkeypatch.undo()
+    _refused_by_predict_and_evaluate(run, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("when", ["after_last_epoch", "export"])
+def test_sigterm_at_the_end_or_during_export_is_recorded(
+    tmp_path, one_epoch_run, cache_dir, monkeypatch, capsys, sigterm_fallback, when
+):
+    """A SIGTERM after the last batch (Lightning only takes note of it) or while model.pt is
+    written: exit 143, run_info.json 'interrupted', no model.pt nor temporary file; the same
+    command then finishes the run."""
+    run = _copy(one_epoch_run, tmp_path / "run")
+    (run / "model.pt").unlink()
+    if when == "export":
+        fit_module = sys.modules["irreptensor_ml.train.fit"]
+        save_model = fit_module.save_model
+
+        def sigterm_then_save(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return save_model(*args, **kwargs)
+
+        monkeypatch.setattr(fit_module, "save_model", sigterm_then_save)
+    else:
+        monkeypatch.setattr(TensorLightningModule, "on_train_end",
+                            lambda self: os.kill(os.getpid(), signal.SIGTERM), raising=False)
+    overrides = [f"data.cache_dir={cache_dir}", "trainer.max_epochs=2"]
+    with pytest.raises(TrainingInterrupted) as exc:
+        fit("tiny", run, overrides)
+    assert exc.value.code == 128 + signal.SIGTERM and "after its last epoch" in str(exc.value)
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and info["signal"] == "SIGTERM"
+    assert info["epochs_completed"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == [
+        "checkpoints", "config.yaml", "hparams.yaml", "metrics.csv", "run_info.json"]
+    monkeypatch.undo()
+    _refused_by_predict_and_evaluate(run, tmp_path, capsys)
+    fit("tiny", run, overrides)
+    assert json.loads((run / "run_info.json").read_text())["status"] == "finished"
+    assert (run / "model.pt").is_file()
 
 
 # ------------------------------------------------------------------------------------- 5. lock
