@@ -15,26 +15,26 @@ Import from a test file as ``from strategies import ...`` (``tests/`` is on ``sy
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 __all__ = [
-    "MAGNITUDES",
     "FORMULAS",
-    "finite_arrays",
-    "symmetric_tensors",
+    "MAGNITUDES",
     "dielectric_tensors",
-    "piezo_tensors",
     "elastic_tensors",
-    "tensors_of_kind",
-    "unit_vectors",
+    "finite_arrays",
+    "piezo_tensors",
+    "power_of_two_scale",
+    "quaternion_to_matrix",
     "quaternions",
     "rotations",
-    "quaternion_to_matrix",
-    "power_of_two_scale",
+    "symmetric_tensors",
+    "tensors_of_kind",
+    "unit_vectors",
 ]
 
 #: Bounds of the drawn entries: tiny (squares subnormal), ordinary and huge (squares overflow), all finite.
@@ -64,7 +64,7 @@ def finite_arrays(shape, magnitudes=MAGNITUDES) -> st.SearchStrategy[np.ndarray]
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _orbits(formula: str) -> tuple[int, np.ndarray, np.ndarray]:
     """Index orbits of a formula such as ``"ijkl=jikl=klij"`` or ``"ij=-ji"``.
 
