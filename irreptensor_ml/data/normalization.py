@@ -17,6 +17,7 @@ functions; the fitted state is plain tensors + a string (safe for ``torch.load(w
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -79,7 +80,11 @@ class IrrepNormalizer:
                 block = x[:, sl]
                 if ir.l == 0 and ir.p == 1:
                     shift[sl] = block.mean()
-                rms = float((block - shift[sl]).pow(2).mean().sqrt())
+                dev = block - shift[sl]
+                rms = float(dev.pow(2).mean().sqrt())
+                if not math.isfinite(rms):  # squares overflow (|x| > ~1e154): the RMS of dev / max|dev|
+                    peak = dev.abs().max()
+                    rms = float(peak * (dev / peak).pow(2).mean().sqrt())
                 if rms > _MIN_SCALE:
                     scale[sl] = rms
                 else:

@@ -78,6 +78,10 @@ def masked_loss(
             f"masked_loss: shapes pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
             f"mask {tuple(mask.shape)} do not match"
         )
+    # select the rows rather than weighting them by 0: a masked-out placeholder (NaN target, or a
+    # prediction whose square overflows) must not turn the loss or its gradient into NaN
+    n = mask.sum()
+    pred, target = pred[mask], target[mask]
     if kind == "mse":
         per_row = (pred - target).pow(2).mean(dim=-1)
     elif kind == "smooth_l1":
@@ -100,8 +104,7 @@ def masked_loss(
             "masked_loss: kind must be 'mse', 'smooth_l1', 'frobenius', 'relative', 'relative_sign_free' "
             f"or 'log', got {kind!r}"
         )
-    weight = mask.to(pred.dtype)
-    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+    return per_row.sum() / n.clamp(min=1).to(per_row.dtype)
 
 
 class TensorLightningModule(lightning.LightningModule):
