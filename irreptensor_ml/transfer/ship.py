@@ -78,11 +78,15 @@ def _card_markdown(prop: str, card: Mapping[str, Any]) -> str:
         lines.append(f"| {k} | {'–' if v is None else f'{v:.4g}'} | {spread} |")
     base = card.get("baselines") or {}
     if base:
-        lines += ["", "Trivial baselines on the same test set (predictors that ignore the structure):", "",
-                  "| predictor | frobenius_mae | ewt25 |", "|---|---|---|"]
-        lines += [f"| {name} | {b['frobenius_mae']:.4g} | {b['ewt25']:.3g} |" for name, b in base.items()]
+        cols = [c for c in ("frobenius_mae", "ewt25", "norm_spearman") if any(c in b for b in base.values())]
+        cell = lambda b, c: "–" if b.get(c) is None or b[c] != b[c] else f"{b[c]:.4g}"  # noqa: E731  (missing or NaN)
+        lines += ["", "Baselines on the same test set (structure-blind predictors, and random forests on "
+                  "simple composition and structure descriptors where there are any):", "",
+                  "| predictor | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {name} | " + " | ".join(cell(b, c) for c in cols) + " |" for name, b in base.items()]
         worse = [name for name, b in base.items()
-                 if m.get("frobenius_mae") is not None and m["frobenius_mae"] >= b["frobenius_mae"]]
+                 if m.get("frobenius_mae") is not None and b.get("frobenius_mae") is not None
+                 and m["frobenius_mae"] >= b["frobenius_mae"]]
         if worse:
             lines += ["", f"**Warning: this model's test Frobenius MAE is not better than the trivial "
                       f"baseline(s) {', '.join(worse)}.** Treat its predictions as unreliable."]
