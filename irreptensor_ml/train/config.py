@@ -23,9 +23,10 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, Tag, ValidationError
 
 __all__ = [
     "CONFIG_DIR",
@@ -39,11 +40,81 @@ __all__ = [
 #: directory of the shipped YAML configurations (``default.yaml``, ``tiny.yaml``).
 CONFIG_DIR = Path(str(resources.files("irreptensor_ml") / "configs"))
 
-_SECTIONS = ("seed", "data", "model", "loss", "optim", "trainer")
-# Sections whose keys are checked here (``data`` and ``model.trunk`` are checked by their owners).
-_CHECKED = ("loss", "optim", "trainer")
-_LOSS_TYPES = ("mse", "smooth_l1", "frobenius", "relative", "relative_sign_free", "log")
-_SCHEDULERS = ("cosine", "plateau", "none")
+LossType = Literal["mse", "smooth_l1", "frobenius", "relative", "relative_sign_free", "log"]
+NonNegative = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0)]
+
+
+def _loss_form(value: Any) -> str:
+    return "per_property" if isinstance(value, Mapping) else "name"
+
+
+class _Section(BaseModel):
+    # the schema only checks: load_config returns the user's own values, never a model dump
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossSection(_Section):
+    """``loss``: a loss name or ``{property: name}``, the smooth-L1 beta, per-property weights."""
+
+    type: Annotated[
+        Annotated[LossType, Tag("name")] | Annotated[dict[str, LossType], Tag("per_property")],
+        Discriminator(_loss_form),
+    ]
+    smooth_l1_beta: NonNegative
+    weights: dict[str, Annotated[StrictFloat, Field(ge=0)]] | None
+
+
+class OptimSection(_Section):
+    """``optim``: AdamW learning rate and weight decay, and the per-epoch LR schedule."""
+
+    lr: Annotated[float, Field(gt=0)]  # lax: ``--set optim.lr=1e-3`` is the YAML string '1e-3'
+    weight_decay: NonNegative
+    scheduler: Literal["cosine", "plateau", "none"]
+    warmup_epochs: Count
+    min_lr: NonNegative
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)]
+    plateau_patience: Count
+
+
+class TrainerSection(_Section):
+    """``trainer``: Lightning ``Trainer`` settings (the strings Lightning checks itself)."""
+
+    max_epochs: Annotated[StrictInt, Field(ge=1)]
+    accelerator: str
+    devices: int | str | list[int]
+    num_nodes: Annotated[int, Field(ge=1)]
+    strategy: str
+    precision: int | str | None
+    gradient_clip_val: NonNegative | None
+    early_stopping_patience: Count
+    log_every_n_steps: Count | None
+    enable_progress_bar: bool | None
+    deterministic: bool | Literal["warn"] | None
+    limit_train_batches: Count | NonNegative | None
+    limit_val_batches: Count | NonNegative | None
+    num_threads: Count | None  # 0 or null: leave torch's default
+
+
+class ModelSection(_Section):
+    """``model``: ``trunk`` and ``heads`` are checked by the model, ``outputs`` below."""
+
+    trunk: dict[str, Any]
+    heads: dict[str, Any]
+    outputs: dict[str, str] | None = None
+    pretrained_trunk: str | Path | None
+    freeze_trunk: bool
+
+
+class TrainingConfig(_Section):
+    """The whole configuration (``data`` is checked by :class:`irreptensor_ml.data.DataConfig`)."""
+
+    seed: StrictInt
+    data: dict[str, Any]
+    model: ModelSection
+    loss: LossSection
+    optim: OptimSection
+    trainer: TrainerSection
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
@@ -97,61 +168,65 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
     return out
 
 
+def _known_keys(path: Sequence[str]) -> list[str] | None:
+    """The keys the schema allows at ``path`` (``None`` where it does not describe them)."""
+    cls: Any = TrainingConfig
+    for key in path:
+        field = cls.model_fields.get(key)
+        cls = field.annotation if field is not None else None
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+    return list(cls.model_fields)
+
+
+def _error_line(error: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """``"a.b.c: message, got value"`` for one pydantic error; union-member names and tags that
+    pydantic puts in ``loc`` are left out by following the key path through ``config``."""
+    path: list[str] = []
+    node: Any = config
+    loc = error["loc"]
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (i == len(loc) - 1 and error["type"] == "missing"):
+            continue  # a union member's name or a discriminator tag, not a key
+        path.append(str(part))
+    key = ".".join(path)
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(path[:-1])
+        what = "unknown config section" if len(path) == 1 else f"unknown key in config section {path[-2]!r}"
+        return f"{key}: {what}" + (f"; known: {known}" if known is not None else "")
+    if error["type"] == "missing":
+        return f"{key}: missing (not in the config, nor in default.yaml)"
+    return f"{key}: {error['msg']}, got {error['input']!r}"
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first unknown section/key or bad value."""
-    unknown = sorted(set(config) - set(_SECTIONS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; known: {list(_SECTIONS)}")
-    defaults = default_config()
-    for section in _CHECKED:
-        bad = sorted(set(config.get(section, {})) - set(defaults[section]))
-        if bad:
-            raise ValueError(
-                f"unknown key(s) {bad} in config section {section!r}; known: {sorted(defaults[section])}"
-            )
-    model = config.get("model", {})
-    bad = sorted(set(model) - set(defaults["model"]) - {"outputs"})
-    if bad:
-        raise ValueError(
-            f"unknown key(s) {bad} in config section 'model'; known: {sorted({*defaults['model'], 'outputs'})}"
-        )
-    if not isinstance(config.get("seed", 0), int):
-        raise ValueError(f"seed must be an int, got {config.get('seed')!r}")
-    loss = config.get("loss", {})
-    loss_type = loss.get("type", "mse")
-    per_prop = dict(loss_type) if isinstance(loss_type, Mapping) else {"": loss_type}
-    for prop, kind in per_prop.items():
-        if kind not in _LOSS_TYPES:
-            key = f"loss.type.{prop}" if prop else "loss.type"
-            raise ValueError(f"{key} must be one of {_LOSS_TYPES}, got {kind!r}")
+    """Raise ``ValueError`` naming every unknown section/key or bad value, one line each, as
+    ``"section.key: ..."``; keys left out take their ``default.yaml`` values."""
+    full = merge_configs(default_config(), config)
+    try:
+        TrainingConfig.model_validate(full)
+    except ValidationError as exc:
+        lines = dict.fromkeys(_error_line(e, full) for e in exc.errors())
+        raise ValueError("\n".join(lines)) from None
+    model = config.get("model") or {}
     from irreptensor_ml.model.outputs import TRANSFORMS
 
-    outputs = model.get("outputs") or {}
-    if not isinstance(outputs, Mapping):
-        raise ValueError(f"model.outputs must map property -> transform, got {outputs!r}")
-    for prop, transform in outputs.items():
+    for prop, transform in (model.get("outputs") or {}).items():
         if transform not in TRANSFORMS:
             raise ValueError(f"model.outputs.{prop} must be one of {sorted(TRANSFORMS)}, got {transform!r}")
         allowed = TRANSFORMS[transform]
         if allowed is not None and prop not in allowed:
             raise ValueError(f"model.outputs.{prop}: transform {transform!r} applies to {', '.join(allowed)} only")
-    for prop, w in (loss.get("weights") or {}).items():
-        if not isinstance(w, (int, float)) or w < 0:
-            raise ValueError(f"loss.weights.{prop} must be a number >= 0, got {w!r}")
-    max_epochs = config.get("trainer", {}).get("max_epochs", 1)
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
-        raise ValueError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
-    optim = config.get("optim", {})
-    if optim.get("scheduler", "cosine") not in _SCHEDULERS:
-        raise ValueError(f"optim.scheduler must be one of {_SCHEDULERS}, got {optim.get('scheduler')!r}")
-    if not float(optim.get("lr", 1e-3)) > 0:
-        raise ValueError(f"optim.lr must be > 0, got {optim.get('lr')!r}")
     if model.get("pretrained_trunk"):
         from irreptensor_ml.train.checkpoint import resolve_model_path
 
         resolve_model_path(model["pretrained_trunk"])  # raises ValueError if missing
-    trunk_cutoff = model.get("trunk", {}).get("cutoff")
-    data_cutoff = config.get("data", {}).get("cutoff")
+    trunk_cutoff = (model.get("trunk") or {}).get("cutoff")
+    data_cutoff = (config.get("data") or {}).get("cutoff")
     if trunk_cutoff is not None and data_cutoff is not None and float(trunk_cutoff) != float(data_cutoff):
         raise ValueError(
             f"model.trunk.cutoff={trunk_cutoff} differs from data.cutoff={data_cutoff}; "
