@@ -41,20 +41,20 @@ def _float_basis(formula: str, parity: int) -> tuple[str, np.ndarray]:
     else:
         from .exact import derive_basis, to_float
 
-        b = derive_basis(formula, parity)
+        b = derive_basis(formula, parity=parity)
         irreps = b.irreps_str()
         Q = np.vectorize(to_float, otypes=[np.float64])(b.matrix)
     Q.setflags(write=False)
     return irreps, Q
 
 
-def float_basis(kind: str | TensorKind, parity: int | None = None) -> np.ndarray:
+def float_basis(kind: str | TensorKind, *, parity: int | None = None) -> np.ndarray:
     """The basis as a read-only float64 array of shape ``(dim, 3**rank)``; rows orthonormal."""
-    k = get_kind(kind, parity)
+    k = get_kind(kind, parity=parity)
     return _float_basis(*k.key)[1]
 
 
-def basis(kind: str | TensorKind, exact: bool = False, parity: int | None = None):
+def basis(kind: str | TensorKind, *, exact: bool = False, parity: int | None = None):
     """Change of basis from Cartesian components to irreps coordinates.
 
     ``x = basis(kind) @ T.reshape(-1)`` gives the irreps coordinates of a Cartesian tensor ``T``
@@ -70,7 +70,7 @@ def basis(kind: str | TensorKind, exact: bool = False, parity: int | None = None
     Returns:
         float64 numpy array or sympy Matrix, shape ``(dim, 3**rank)`` (e.g. 21 x 81 for ``"elastic"``).
     """
-    k = get_kind(kind, parity)
+    k = get_kind(kind, parity=parity)
     if not exact:
         return np.array(_float_basis(*k.key)[1])
     import sympy
@@ -80,12 +80,12 @@ def basis(kind: str | TensorKind, exact: bool = False, parity: int | None = None
         return sympy.Matrix([[sympy.sympify(e) for e in row] for row in table["matrix"]])
     from .exact import derive_basis
 
-    return derive_basis(k.formula, k.parity).as_sympy()
+    return derive_basis(k.formula, parity=k.parity).as_sympy()
 
 
-def irreps(kind: str | TensorKind, parity: int | None = None) -> str:
+def irreps(kind: str | TensorKind, *, parity: int | None = None) -> str:
     """The irreps layout in e3nn's notation, e.g. ``irreps("elastic") == "2x0e+2x2e+1x4e"``."""
-    k = get_kind(kind, parity)
+    k = get_kind(kind, parity=parity)
     return _float_basis(*k.key)[0]
 
 
@@ -136,11 +136,11 @@ def _blocks(irreps_str: str) -> tuple[IrrepBlock, ...]:
     return tuple(blocks)
 
 
-def blocks(kind: str | TensorKind, parity: int | None = None) -> tuple[IrrepBlock, ...]:
+def blocks(kind: str | TensorKind, *, parity: int | None = None) -> tuple[IrrepBlock, ...]:
     """The irrep copies of a kind in coordinate order, e.g. 5 blocks ``0e[0], 0e[1], 2e[0], 2e[1], 4e`` for elastic."""
-    return _blocks(irreps(kind, parity))
+    return _blocks(irreps(kind, parity=parity))
 
 
-def dim(kind: str | TensorKind, parity: int | None = None) -> int:
+def dim(kind: str | TensorKind, *, parity: int | None = None) -> int:
     """Number of independent components (irreps coordinates) of a kind: 6, 18, 21 for the crystal tensors."""
-    return _float_basis(*get_kind(kind, parity).key)[1].shape[0]
+    return _float_basis(*get_kind(kind, parity=parity).key)[1].shape[0]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import as_float_array, batch_index, check_tolerance, constant, is_torch, non_finite_error, to_numpy64
 from .basis import float_basis
-from .kinds import TensorKind, get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = ["decompose", "compose", "DEFAULT_SYMMETRY_TOL"]
 
@@ -49,14 +49,15 @@ def _first_bad(mask: np.ndarray, batch: tuple[int, ...]) -> str:
     return f"at batch index {batch_index(np.flatnonzero(mask)[0], batch)}"
 
 
-def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: float | None = None,
-              parity: int | None = None):
+def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False,
+              tol: float | None = None, parity: int | None = None):
     """Irreps coordinates of Cartesian tensors: ``x = Q T``.
 
     Args:
         T: array ``(..., 3, ..., 3)``; named kinds also take their Voigt form (``(..., 6, 6)`` elastic,
             ``(..., 3, 6)`` piezoelectric, ``(..., 6)`` dielectric). numpy or torch, float32 or float64.
-        kind: a kind name or index-symmetry formula (see :func:`irreptensor.get_kind`).
+        kind: a kind name or index-symmetry formula (see :func:`irreptensor.get_kind`). Required; leaving it
+            out still means ``"elastic"`` with a DeprecationWarning (removed in the next release).
         symmetrize: project a tensor that lacks the kind's index symmetry onto the symmetric part instead of
             raising (the projection is what the product computes anyway).
         tol: largest accepted relative asymmetry ``|T - P T| / |T|`` (default ``1e-6``); a finite number
@@ -71,7 +72,7 @@ def decompose(T: Any, kind: str = "elastic", *, symmetrize: bool = False, tol: f
         ValueError: wrong trailing shape, NaN/inf entries, an asymmetric tensor (names the worst one), or a
             bad ``tol``.
     """
-    k = get_kind(kind, parity)
+    k = get_kind(required_kind(kind, "decompose(T, kind)"), parity=parity)
     tol = DEFAULT_SYMMETRY_TOL if tol is None else check_tolerance(tol, "tol")
     T, batch = _cartesian(T, k)
     Q = float_basis(k)
@@ -193,17 +194,18 @@ def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetriz
         )
 
 
-def compose(x: Any, kind: str = "elastic", *, parity: int | None = None):
+def compose(x: Any, kind: str | TensorKind = KIND_REQUIRED, *, parity: int | None = None):
     """Cartesian tensors from irreps coordinates: ``T = Q^T x`` (inverse of :func:`decompose`).
 
     Args:
         x: ``(..., dim)`` coordinates, numpy or torch.
-        kind: a kind name or formula.
+        kind: a kind name or formula (required; see :func:`decompose`).
+        parity: parity for formula kinds (default polar).
 
     Returns:
         ``(..., 3, ..., 3)`` Cartesian tensors with exactly the kind's index symmetry.
     """
-    k = get_kind(kind, parity)
+    k = get_kind(required_kind(kind, "compose(x, kind)"), parity=parity)
     x = as_float_array(x, f"{k.name} irreps coordinates")
     Q = float_basis(k)
     if x.ndim < 1 or x.shape[-1] != Q.shape[0]:

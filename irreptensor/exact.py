@@ -203,7 +203,7 @@ def _dot(a, b):
 
 
 @lru_cache(maxsize=None)
-def derive_basis(formula: str, parity: int | None = None) -> ExactBasis:
+def derive_basis(formula: str, *, parity: int | None = None) -> ExactBasis:
     """Derive the exact basis of ``formula`` (tensor of Cartesian ``1o`` indices).
 
     Args:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .basis import blocks, float_basis
 from .decomposition import decompose
-from .kinds import get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = ["harmonic_parts", "DielectricParts", "ElasticParts", "PiezoelectricParts", "levi_civita"]
 
@@ -293,14 +293,15 @@ class PiezoelectricParts(_Parts):
         )
 
 
-def harmonic_parts(T: Any, kind: str = "elastic", *, symmetrize: bool = False):
+def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False):
     """Harmonic decomposition of a tensor (or a batch) into its physically named parts.
 
     Args:
         T: Cartesian ``(..., 3, ..., 3)`` or the kind's Voigt form, a batch of any shape; numpy, torch
             (converted to float64 numpy) or pymatgen tensors.
         kind: ``"elastic"`` (``"stiffness"``), ``"piezoelectric"`` (``"piezo"``, ``"piezoelectric_d"``) or
-            ``"dielectric"``.
+            ``"dielectric"``. Required; leaving it out still means ``"elastic"`` with a DeprecationWarning
+            (removed in the next release).
         symmetrize: project a tensor lacking the kind's index symmetry instead of raising.
 
     Returns:
@@ -309,6 +310,7 @@ def harmonic_parts(T: Any, kind: str = "elastic", *, symmetrize: bool = False):
     Raises:
         ValueError: an unsupported kind, a wrong shape, non-finite entries or an asymmetric tensor.
     """
+    kind = required_kind(kind, "harmonic_parts(T, kind)")
     k = get_kind(kind)
     if k.name not in ("elastic", "piezoelectric", "piezoelectric_d", "dielectric"):
         raise ValueError(

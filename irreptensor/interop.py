@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .kinds import get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = ["from_pymatgen", "to_pymatgen", "is_pymatgen_tensor"]
 
@@ -54,14 +54,15 @@ def from_pymatgen(obj: Any) -> tuple[np.ndarray, str]:
     return arr, _RANK_KIND[arr.ndim]
 
 
-def to_pymatgen(T: Any, kind: str = "elastic"):
+def to_pymatgen(T: Any, kind: str | TensorKind = KIND_REQUIRED):
     """A Cartesian (or Voigt) tensor of a named kind as the matching pymatgen object.
 
     Args:
         T: ``(..., 3, ..., 3)`` Cartesian or the kind's Voigt form (numpy, torch or pymatgen).
         kind: ``"elastic"`` -> ``ElasticTensor``, ``"compliance"`` -> ``ComplianceTensor``,
             ``"piezoelectric"`` -> ``PiezoTensor``, ``"dielectric"`` -> ``Tensor`` (rank 2),
-            ``"piezoelectric_d"`` -> ``Tensor`` (rank 3; pymatgen's ``PiezoTensor`` is the e form).
+            ``"piezoelectric_d"`` -> ``Tensor`` (rank 3; pymatgen's ``PiezoTensor`` is the e form). Required;
+            leaving it out still means ``"elastic"`` with a DeprecationWarning (removed in the next release).
 
     Returns:
         one pymatgen tensor, or a list of them (C order) for a batch.
@@ -72,7 +73,7 @@ def to_pymatgen(T: Any, kind: str = "elastic"):
     from .backend import to_numpy64
     from .decomposition import _cartesian
 
-    k = get_kind(kind)
+    k = get_kind(required_kind(kind, "to_pymatgen(T, kind)"))
     if k.voigt_shape is None:
         raise ValueError(f"to_pymatgen supports the named kinds only, not the formula {k.formula!r}")
     try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .basis import blocks
 from .decomposition import decompose
-from .kinds import get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = [
     "block_norms",
@@ -48,7 +48,7 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return np.linalg.norm(x / m, axis=-1) * m[..., 0]
 
 
-def block_norms(T: Any, kind: str = "elastic", *, symmetrize: bool = False) -> dict[str, np.ndarray]:
+def block_norms(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False) -> dict[str, np.ndarray]:
     """Euclidean norm of each irrep block, e.g. ``{"0e[0]": (...), "0e[1]": ..., "2e[0]": ..., "4e": ...}``.
 
     The norms are invariant under every rotation (and reflection) of the tensor, and
@@ -58,6 +58,7 @@ def block_norms(T: Any, kind: str = "elastic", *, symmetrize: bool = False) -> d
     Returns:
         dict block name -> ``(...,)`` float64 array (unit of the tensor).
     """
+    kind = required_kind(kind, "block_norms(T, kind)")
     x = _coords(T, kind, symmetrize)
     return {b.name: _norm(x[..., b.slice]) for b in blocks(get_kind(kind))}
 
@@ -155,7 +156,7 @@ def log_euclidean_anisotropy(C: Any, *, symmetrize: bool = False) -> np.ndarray:
         return np.sqrt(np.log(m.k_voigt / m.k_reuss) ** 2 + 5.0 * np.log(m.g_voigt / m.g_reuss) ** 2)
 
 
-def distance_from_isotropy(T: Any, kind: str = "elastic", *, relative: bool = True,
+def distance_from_isotropy(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, relative: bool = True,
                            symmetrize: bool = False) -> np.ndarray:
     """Frobenius distance from ``T`` to the closest isotropic tensor of the same kind, ``(...,)``.
 
@@ -164,6 +165,7 @@ def distance_from_isotropy(T: Any, kind: str = "elastic", *, relative: bool = Tr
     divided by ``|T|_F`` (0 for isotropic, 1 for a tensor without isotropic part such as any
     piezoelectric tensor; 0 for the zero tensor).
     """
+    kind = required_kind(kind, "distance_from_isotropy(T, kind)")
     x = _coords(T, kind, symmetrize)
     mask = np.ones(x.shape[-1], dtype=bool)
     for b in blocks(get_kind(kind)):

@@ -1,11 +1,16 @@
 """The tensor kinds: one registry of data (rank, index symmetry, parity, Voigt weights, aliases).
 
 A *kind* is either one of the named crystal-tensor kinds below or a general index-symmetry formula
-such as ``"ijk=jik=kji"`` (polar by default; pass ``parity`` for axial tensors).
+such as ``"ijk=jik=kji"`` (polar by default; pass ``parity=`` for axial tensors).
+
+Calling convention of the whole package (``docs/conventions.md``): the array(s) first, then ``kind``
+(``decompose(T, kind)``, ``rotate(T, R, kind)``, ``wigner_D(R, kind)``), ``kind`` required, ``parity`` and
+every other option keyword-only.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from .formula import parse_formula
@@ -75,7 +80,57 @@ NAMED_KINDS = tuple(_NAMED)
 _INDEX_LETTERS = "ijklmnpqrs"
 
 
-def get_kind(kind: str | TensorKind, parity: int | None = None) -> TensorKind:
+class _Required:
+    """The default of a ``kind`` argument that must be given (the placeholder of a deprecated default)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+KIND_REQUIRED = _Required()
+"""Default of ``kind`` in the functions that took ``kind="elastic"`` by default until 0.1: leaving it out
+still means ``"elastic"`` for one release, with a :class:`DeprecationWarning`."""
+
+
+def required_kind(kind, call: str):
+    """``kind``, or ``"elastic"`` with a :class:`DeprecationWarning` when it was left out (``KIND_REQUIRED``).
+
+    ``call`` is the new form of the call for the message, e.g. ``"rotate(T, R, kind)"``. The warning
+    points at the caller of the public function (``stacklevel=3``).
+    """
+    if kind is KIND_REQUIRED:
+        name = call.split("(")[0]
+        warnings.warn(
+            f"irreptensor.{name}() without kind is deprecated and still means kind='elastic' for one release; "
+            f"pass the kind: {call}, e.g. {call.replace('kind', repr('elastic'))}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return "elastic"
+    return kind
+
+
+def kind_last(first, second, call: str):
+    """``(array, kind)`` from arguments given in either order; the old order ``(kind, array)`` warns.
+
+    For the functions whose order changed to the package convention (array first, then kind), such as
+    ``wigner_D(R, kind)`` (formerly ``wigner_D(kind, R)``): when ``first`` is a kind (a ``str`` or a
+    :class:`TensorKind`) the two are swapped and a :class:`DeprecationWarning` names the new order.
+    """
+    if isinstance(first, (str, TensorKind)) and not isinstance(second, (str, TensorKind)):
+        name = call.split("(")[0]
+        old = call[len(name) + 1:-1].split(", ")
+        warnings.warn(
+            f"irreptensor.{name}({old[1]}, {old[0]}) is deprecated (kind first); call {call}: the array first, "
+            "then the kind, as everywhere in irreptensor. The old order works for one more release.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return second, first
+    return first, second
+
+
+def get_kind(kind: str | TensorKind, *, parity: int | None = None) -> TensorKind:
     """Resolve a kind name, alias or index-symmetry formula to a :class:`TensorKind`.
 
     Args:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .backend import as_float_array, batch_index, check_finite, check_tolerance, is_torch, to_numpy64
-from .kinds import TensorKind, get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = ["rotate", "check_rotation", "random_rotation"]
 
@@ -17,7 +17,7 @@ ORTHOGONALITY_TOL = 1e-6
 _LETTERS = "abcdefgh"
 
 
-def check_rotation(R: Any, tol: float = ORTHOGONALITY_TOL):
+def check_rotation(R: Any, *, tol: float = ORTHOGONALITY_TOL):
     """Validate ``(..., 3, 3)`` orthogonal matrices.
 
     The six distinct entries of ``R R^T`` and the determinant are written out over the nine entries as
@@ -75,7 +75,7 @@ def check_rotation(R: Any, tol: float = ORTHOGONALITY_TOL):
     return flat, det_out, batch
 
 
-def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | None = None):
+def rotate(T: Any, R: Any, kind: str | TensorKind = KIND_REQUIRED, *, parity: int | None = None):
     """Rotate (or reflect) Cartesian tensors: ``T'_{a..} = (det R)^s R_{ai} ... T_{i..}``.
 
     ``s = 1`` for axial kinds (parity opposite to ``(-1)**rank``), else 0. Leading batch dimensions of
@@ -89,12 +89,15 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = "elastic", *, parity: int | 
     Args:
         T: ``(..., 3, ..., 3)`` Cartesian (or the kind's Voigt form); numpy or torch.
         R: ``(..., 3, 3)`` orthogonal matrices; numpy or torch.
+        kind: a kind name or formula. Required; leaving it out still means ``"elastic"`` with a
+            DeprecationWarning (removed in the next release).
+        parity: parity for formula kinds (default polar).
 
     Raises:
         ValueError: wrong shapes, NaN/inf in ``T`` or ``R`` (names the argument and the first bad batch
             index), or a non-orthogonal ``R``.
     """
-    k = get_kind(kind, parity)
+    k = get_kind(required_kind(kind, "rotate(T, R, kind)"), parity=parity)
     from .decomposition import _cartesian
 
     T0 = as_float_array(T, f"{k.name} tensor")
@@ -140,7 +143,7 @@ def _like(a: Any, like: Any):
     return a.astype(like.dtype, copy=False)
 
 
-def random_rotation(n: int | None = None, proper: bool = True, seed: int | None = None) -> np.ndarray:
+def random_rotation(n: int | None = None, *, proper: bool = True, seed: int | None = None) -> np.ndarray:
     """Uniformly random rotation matrices ``(n, 3, 3)`` (or ``(3, 3)`` for ``n=None``), float64.
 
     ``proper=False`` multiplies each by ``-1`` (an improper rotation, det -1).

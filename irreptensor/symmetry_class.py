@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .basis import float_basis
-from .kinds import get_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
 __all__ = ["symmetry_class", "SymmetryClass", "ELASTIC_CLASSES", "class_projector", "DEFAULT_CLASS_TOL"]
 
@@ -58,8 +58,8 @@ class SymmetryClass:
     Attributes:
         name: one of :data:`ELASTIC_CLASSES`.
         frame: ``(3, 3)`` rotation whose rows are the class's axes ``x', y', z'`` in the input's Cartesian
-            frame; ``rotate(C, frame)`` is the tensor in the class's standard orientation: ``z'`` the principal
-            axis (4-fold for cubic/tetragonal, the symmetry axis for transversely isotropic, 3-fold for
+            frame; ``rotate(C, frame, "elastic")`` is the tensor in the class's standard orientation: ``z'``
+            the principal axis (4-fold for cubic/tetragonal, the symmetry axis for transversely isotropic, 3-fold for
             trigonal with a 2-fold axis along ``x'``, the 2-fold axis for monoclinic), orthotropic axes along
             ``x', y', z'``. Identity for isotropic and triclinic.
         residual: relative distance ``|C - C_class|_F / |C|_F`` to the class in that frame.
@@ -128,7 +128,7 @@ def _rotated_coords(C: np.ndarray, F: np.ndarray) -> np.ndarray:
 
 def _D_elastic(R: np.ndarray) -> np.ndarray:
     """``D(R)`` ``(M, 21, 21)`` on the elastic coordinates for rotations ``R`` ``(M, 3, 3)``, built in Cartesian
-    form (``Q rotate(Q^T e_j)``); the same matrices as ``wigner_D("elastic", R)`` (tested), kept local so that
+    form (``Q rotate(Q^T e_j)``); the same matrices as ``wigner_D(R, "elastic")`` (tested), kept local so that
     the constants here depend only on the stored basis."""
     Q = _Q()
     M = len(R)
@@ -360,7 +360,7 @@ def _candidate_frames(axes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def symmetry_class(C: Any, tol: float = DEFAULT_CLASS_TOL, *, kind: str = "elastic",
+def symmetry_class(C: Any, kind: str | TensorKind = KIND_REQUIRED, *, tol: float = DEFAULT_CLASS_TOL,
                    symmetrize: bool = False) -> SymmetryClass:
     """Elastic symmetry class (Forte-Vianello) of one stiffness tensor in any orientation.
 
@@ -369,7 +369,9 @@ def symmetry_class(C: Any, tol: float = DEFAULT_CLASS_TOL, *, kind: str = "elast
         tol: relative tolerance: the class returned is the most symmetric one whose closest tensor (in the
             frame found) is within ``tol * |C|_F`` of ``C``. Noise of relative size well below ``tol`` does not
             lower the class; anisotropy below ``tol`` is not seen.
-        kind: must be ``"elastic"`` (``"stiffness"``) or ``"compliance"`` (same symmetry classes).
+        kind: ``"elastic"`` (``"stiffness"``) or ``"compliance"`` (same symmetry classes; the kind fixes the
+            factors of a Voigt input). Required; leaving it out still means ``"elastic"`` with a
+            DeprecationWarning (removed in the next release).
         symmetrize: accept tensors lacking the index symmetry ``C_ijkl = C_jikl = C_klij`` (projected).
 
     Returns:
@@ -377,7 +379,13 @@ def symmetry_class(C: Any, tol: float = DEFAULT_CLASS_TOL, *, kind: str = "elast
 
     Raises:
         ValueError: a non-elastic kind, a batch (call per tensor), non-positive ``tol``, or bad input.
+        TypeError: a number in place of ``kind`` (``tol`` is keyword-only: ``symmetry_class(C, kind, tol=...)``).
     """
+    if isinstance(kind, (int, float, np.number)) and not isinstance(kind, bool):
+        raise TypeError(
+            f"symmetry_class(C, kind, *, tol=...): tol is keyword-only; got the number {kind!r} in place of kind"
+        )
+    kind = required_kind(kind, "symmetry_class(C, kind)")
     k = get_kind(kind)
     if k.formula != "ijkl=jikl=klij":
         raise ValueError(

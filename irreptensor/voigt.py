@@ -7,6 +7,10 @@ piezoelectric ``e_iJ = e_ijk`` and the dielectric 6-vector; 2 for compliance (``
 and strain-charge piezoelectric ``d_iJ = d_ijk * (1 or 2)``. Mandel/Kelvin notation uses ``w = sqrt(2)``
 for every kind; it makes the map an isometry (Frobenius norm preserved) and the matrix of a fourth-rank
 tensor a true second-rank tensor in 6 dimensions. See ``docs/conventions.md``.
+
+Every function takes the array first and the kind second (``to_voigt(T, kind)``); the kind is required
+(leaving it out still means ``"elastic"`` with a DeprecationWarning, for one release) and ``check`` is
+keyword-only.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .backend import as_float_array, check_finite, constant, take_last, to_numpy64
-from .kinds import VOIGT_PAIRS, TensorKind, get_kind
+from .kinds import KIND_REQUIRED, VOIGT_PAIRS, TensorKind, get_kind, required_kind
 
 __all__ = ["to_voigt", "from_voigt", "to_mandel", "from_mandel"]
 
@@ -121,7 +125,7 @@ def _from(V: Any, k: TensorKind, weight: float, check: bool, finite: bool = True
     return out.reshape(*batch, *k.cartesian_shape)
 
 
-def to_voigt(T: Any, kind: str = "elastic"):
+def to_voigt(T: Any, kind: str | TensorKind = KIND_REQUIRED):
     """Cartesian tensor -> Voigt form: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``, ``(...,3,3,3,3)->(...,6,6)``.
 
     The kind fixes the factors: 1 for ``elastic``/``piezoelectric``/``dielectric``, 2 per shear index for
@@ -131,11 +135,11 @@ def to_voigt(T: Any, kind: str = "elastic"):
     Raises:
         ValueError: wrong trailing shape, or NaN/inf in ``T`` (names the first bad batch index).
     """
-    k = _named(kind)
+    k = _named(required_kind(kind, "to_voigt(T, kind)"))
     return _to(T, k, float(k.voigt_weight))
 
 
-def from_voigt(V: Any, kind: str = "elastic", check: bool = True):
+def from_voigt(V: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool = True):
     """Voigt form -> full Cartesian tensor (inverse of :func:`to_voigt`).
 
     ``(...,6)->(...,3,3)``, ``(...,3,6)->(...,3,3,3)``, ``(...,6,6)->(...,3,3,3,3)``; any batch shape, empty
@@ -145,11 +149,11 @@ def from_voigt(V: Any, kind: str = "elastic", check: bool = True):
         ValueError: wrong trailing shape, NaN/inf in ``V`` (names the first bad batch index), or
             (``check=True``) a 6x6 Voigt matrix that is not symmetric.
     """
-    k = _named(kind)
+    k = _named(required_kind(kind, "from_voigt(V, kind)"))
     return _from(V, k, float(k.voigt_weight), check)
 
 
-def to_mandel(T: Any, kind: str = "elastic"):
+def to_mandel(T: Any, kind: str | TensorKind = KIND_REQUIRED):
     """Cartesian tensor -> Mandel (Kelvin) form: each shear Voigt index carries sqrt(2); norm preserving.
 
     Shapes as for :func:`to_voigt`: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``,
@@ -158,10 +162,10 @@ def to_mandel(T: Any, kind: str = "elastic"):
     Raises:
         ValueError: wrong trailing shape, or NaN/inf in ``T``.
     """
-    return _to(T, _named(kind), float(np.sqrt(2.0)))
+    return _to(T, _named(required_kind(kind, "to_mandel(T, kind)")), float(np.sqrt(2.0)))
 
 
-def from_mandel(M: Any, kind: str = "elastic", check: bool = True):
+def from_mandel(M: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool = True):
     """Mandel (Kelvin) form -> full Cartesian tensor (inverse of :func:`to_mandel`).
 
     ``(...,6)->(...,3,3)``, ``(...,3,6)->(...,3,3,3)``, ``(...,6,6)->(...,3,3,3,3)``; units unchanged.
@@ -170,4 +174,5 @@ def from_mandel(M: Any, kind: str = "elastic", check: bool = True):
         ValueError: wrong trailing shape, NaN/inf in ``M``, or (``check=True``) a 6x6 matrix that is not
             symmetric.
     """
-    return _from(M, _named(kind), float(np.sqrt(2.0)), check, name="Mandel form M")
+    k = _named(required_kind(kind, "from_mandel(M, kind)"))
+    return _from(M, k, float(np.sqrt(2.0)), check, name="Mandel form M")

@@ -35,7 +35,7 @@ import numpy as np
 from ._blas import block_rows, default_threads, matmul_rows, run_chunks
 from .backend import constant, is_torch, take_last
 from .basis import _float_basis, blocks
-from .kinds import TensorKind, get_kind
+from .kinds import TensorKind, get_kind, kind_last
 from .rotation import check_rotation
 
 __all__ = ["wigner_D", "harmonic_basis"]
@@ -358,21 +358,22 @@ def _blocks_of(kind, parity):
         from .basis import _blocks
 
         return _blocks(kind.replace(" ", ""))
-    return blocks(get_kind(kind, parity))
+    return blocks(get_kind(kind, parity=parity))
 
 
-def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk: int = 2048,
+def wigner_D(R: Any, kind: str | TensorKind, *, parity: int | None = None, chunk: int = 2048,
              threads: int | None = 1):
     """Representation matrices of rotations/reflections on a kind's irreps coordinates.
 
-    ``decompose(rotate(T, R)) == wigner_D(kind, R) @ decompose(T)``; the same matrices as e3nn's
+    ``decompose(rotate(T, R, kind), kind) == wigner_D(R, kind) @ decompose(T, kind)``; the same matrices as e3nn's
     ``Irreps(irreps(kind)).D_from_matrix(R)`` (to float rounding: ~1e-15 in float64), computed without
     Euler angles (see the module docstring).
 
     Args:
-        kind: a kind name or formula (or an e3nn-style irreps string such as ``"1x0e+2x1o"``).
         R: ``(..., 3, 3)`` orthogonal matrices, proper or improper; numpy or torch (float32/float64, any
             device; differentiable for torch).
+        kind: a kind name or formula (or an e3nn-style irreps string such as ``"1x0e+2x1o"``). The order
+            ``wigner_D(kind, R)`` of earlier versions still works for one release, with a DeprecationWarning.
         parity: parity of a formula kind (default polar).
         chunk: rotations per block of work on numpy input (keeps the temporaries in cache). Torch input
             that needs a graph (``requires_grad`` with grad enabled) or lives off the CPU is processed in
@@ -388,13 +389,14 @@ def wigner_D(kind: str | TensorKind, R: Any, *, parity: int | None = None, chunk
     Raises:
         ValueError: when ``R`` has the wrong shape, non-finite entries, or is not orthogonal.
     """
+    R, kind = kind_last(R, kind, "wigner_D(R, kind)")
     blks = _blocks_of(kind, parity)
     if is_torch(R) and R.device.type == "cpu" and R.dtype in _TORCH_FLOATS() and not (
             R.requires_grad and _grad_enabled()):
         # no graph to record: the numpy path (10x faster on CPU), sharing memory both ways
         import torch
 
-        D = wigner_D(_irreps_of(blks), R.detach().numpy(), chunk=chunk, threads=threads)
+        D = wigner_D(R.detach().numpy(), _irreps_of(blks), chunk=chunk, threads=threads)
         return torch.from_numpy(D)
     R, det, batch = check_rotation(R)
     dim = blks[-1].stop

@@ -80,7 +80,7 @@ def test_piezoelectric_coordinates():
 
 def test_l1_basis_is_xyz():
     R = it.random_rotation(seed=3)
-    close(it.wigner_D("ij=-ji", R, parity=-1), R)
+    close(it.wigner_D(R, "ij=-ji", parity=-1), R)
 
 
 @pytest.mark.parametrize("kind", ["dielectric", "piezoelectric", "elastic"])

@@ -92,7 +92,7 @@ def test_known_invariant_subspace_dimensions():
              ("piezoelectric", [c4, c3d], 0), ("piezoelectric", [-c4 @ c2z, c3d, mx @ _rot([1, -1, 0], np.pi)], 1),
              ("dielectric", [c3], 2), ("dielectric", [c2z], 4)]
     for kind, gens, rank in cases:
-        P = group_projector(kind, gens)
+        P = group_projector(gens, kind)
         assert round(np.trace(P)) == rank, (kind, rank)
         np.testing.assert_allclose(P @ P, P, atol=1e-12)
 

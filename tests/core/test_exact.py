@@ -206,7 +206,7 @@ def test_elastic_isotropic_coordinates_are_the_documented_traces():
 def test_general_formulas_are_exact_and_match_e3nn(fml, parity):
     torch = pytest.importorskip("torch")
     e3nn_io = pytest.importorskip("e3nn.io")
-    Q = np.array(derive_basis(fml, parity).as_sympy().tolist(), dtype=object)
+    Q = np.array(derive_basis(fml, parity=parity).as_sympy().tolist(), dtype=object)
     G = np.vectorize(sp.expand, otypes=[object])(Q.dot(Q.T))
     assert (G == np.eye(len(Q), dtype=int)).all()
     prev = torch.get_default_dtype()

@@ -39,7 +39,7 @@ def _inner(a, b):
 
 def test_elastic_named_quantities_match_definitions():
     C = _random("elastic", 5, seed=1) * 50.0
-    p = harmonic_parts(C)
+    p = harmonic_parts(C, "elastic")
     assert isinstance(p, ElasticParts) and p.kind == "elastic"
     np.testing.assert_allclose(p.bulk_modulus, np.einsum("...iijj", C) / 9.0, rtol=1e-13, atol=1e-12)
     np.testing.assert_allclose(
@@ -107,7 +107,7 @@ def test_parts_sum_back_and_orthogonality(kind):
 
 def test_elastic_deviator_pieces_have_the_stated_traces():
     """d(x)a + a(x)d carries the deviators (3a, 2a); B(b) carries (4b, 5b): so d' = 3a + 4b, v' = 2a + 5b."""
-    p = harmonic_parts(_random("elastic", 3, seed=5))
+    p = harmonic_parts(_random("elastic", 3, seed=5), "elastic")
     parts = p.cartesian_parts()
     A, B = parts["deviator_a"], parts["deviator_b"]
     np.testing.assert_allclose(np.einsum("...ijkk->...ij", A), 3 * p.a, atol=1e-12)
@@ -124,8 +124,8 @@ def test_elastic_deviator_pieces_have_the_stated_traces():
 
 def test_block_relations_float():
     C = _random("elastic", 4, seed=6)
-    x = it.decompose(C)
-    p = harmonic_parts(C)
+    x = it.decompose(C, "elastic")
+    p = harmonic_parts(C, "elastic")
     Y2 = it.basis("ij=ji")[1:]
     Y4 = it.basis("ijkl=jikl=ikjl=ijlk")[-9:]
     np.testing.assert_allclose(Y4, it.basis("elastic")[12:21], atol=1e-15)  # e3nn's 4e rows are Y_4
@@ -203,7 +203,7 @@ def test_block_relations_exact_sympy():
 def test_rotation_covariance():
     C = _random("elastic", seed=8)
     R = it.random_rotation(seed=9)
-    p, q = harmonic_parts(C), harmonic_parts(it.rotate(C, R))
+    p, q = harmonic_parts(C, "elastic"), harmonic_parts(it.rotate(C, R, "elastic"), "elastic")
     np.testing.assert_allclose(q.bulk_modulus, p.bulk_modulus, atol=1e-13)
     np.testing.assert_allclose(q.shear_modulus, p.shear_modulus, atol=1e-13)
     np.testing.assert_allclose(q.voigt_deviator, R @ p.voigt_deviator @ R.T, atol=1e-12)
@@ -220,8 +220,8 @@ def test_isotropic_tensor_has_only_scalars():
     C = it.from_voigt(np.array([[K + 4 * G / 3, K - 2 * G / 3, K - 2 * G / 3, 0, 0, 0],
                                 [K - 2 * G / 3, K + 4 * G / 3, K - 2 * G / 3, 0, 0, 0],
                                 [K - 2 * G / 3, K - 2 * G / 3, K + 4 * G / 3, 0, 0, 0],
-                                [0, 0, 0, G, 0, 0], [0, 0, 0, 0, G, 0], [0, 0, 0, 0, 0, G]]))
-    p = harmonic_parts(C)
+                                [0, 0, 0, G, 0, 0], [0, 0, 0, 0, G, 0], [0, 0, 0, 0, 0, G]]), "elastic")
+    p = harmonic_parts(C, "elastic")
     assert p.bulk_modulus == pytest.approx(K) and p.shear_modulus == pytest.approx(G)
     for a in (p.dilatational_deviator, p.voigt_deviator, p.harmonic):
         np.testing.assert_allclose(a, 0.0, atol=1e-12)
@@ -229,15 +229,15 @@ def test_isotropic_tensor_has_only_scalars():
 
 def test_voigt_input_batch_shape_and_pymatgen_input():
     C = _random("elastic", 6, seed=11).reshape(2, 3, 3, 3, 3, 3)
-    p = harmonic_parts(it.to_voigt(C))
+    p = harmonic_parts(it.to_voigt(C, "elastic"), "elastic")
     assert p.bulk_modulus.shape == (2, 3) and p.harmonic.shape == (2, 3, 3, 3, 3, 3)
     np.testing.assert_allclose(p.to_cartesian(), C, atol=1e-12)
     pytest.importorskip("pymatgen")
     from pymatgen.analysis.elasticity import ElasticTensor
 
     E = ElasticTensor(C[0, 0])
-    assert harmonic_parts(E).bulk_modulus == pytest.approx(E.k_voigt, rel=1e-13)
-    assert harmonic_parts(E).shear_modulus == pytest.approx(E.g_voigt, rel=1e-13)
+    assert harmonic_parts(E, "elastic").bulk_modulus == pytest.approx(E.k_voigt, rel=1e-13)
+    assert harmonic_parts(E, "elastic").shear_modulus == pytest.approx(E.g_voigt, rel=1e-13)
 
 
 def test_errors():
@@ -246,9 +246,9 @@ def test_errors():
     with pytest.raises(ValueError, match="harmonic_parts supports"):
         harmonic_parts(np.zeros((3, 3, 3)), "ijk=jik=kji")
     with pytest.raises(ValueError, match="trailing shape"):
-        harmonic_parts(np.zeros((5, 5)))
+        harmonic_parts(np.zeros((5, 5)), "elastic")
     with pytest.raises(ValueError, match="unknown elastic part"):
-        harmonic_parts(_random("elastic")).irrep("bulk_modulus")
+        harmonic_parts(_random("elastic"), "elastic").irrep("bulk_modulus")
     with pytest.raises(ValueError, match="unknown piezoelectric part"):
         harmonic_parts(_random("piezoelectric"), "piezo").irrep("vector")
     with pytest.raises(ValueError, match="unknown dielectric part"):
@@ -256,8 +256,8 @@ def test_errors():
     bad = _random("elastic")
     bad[0, 1, 2, 2] += 1.0
     with pytest.raises(ValueError, match="index symmetry"):
-        harmonic_parts(bad)
-    harmonic_parts(bad, symmetrize=True)  # projected instead
+        harmonic_parts(bad, "elastic")
+    harmonic_parts(bad, "elastic", symmetrize=True)  # projected instead
 
 
 def test_frozen():
@@ -278,7 +278,7 @@ def test_property_based_reconstruction_and_scalars():
     @hyp.given(coords)
     def check(x):
         C = it.compose(x, "elastic")
-        p = harmonic_parts(C)
+        p = harmonic_parts(C, "elastic")
         scale = max(1.0, np.abs(C).max())
         np.testing.assert_allclose(p.to_cartesian(), C, atol=1e-12 * scale)
         assert p.bulk_modulus == pytest.approx(np.einsum("iijj", C) / 9.0, abs=1e-12 * scale)

@@ -60,7 +60,7 @@ def test_batch_gives_list_and_pymatgen_voigt_constructors_agree():
     out = to_pymatgen(T, "elastic")
     assert isinstance(out, list) and len(out) == 4
     np.testing.assert_array_equal(np.array(out[3]), T[1, 1])
-    V = it.to_voigt(T[0, 0])
+    V = it.to_voigt(T[0, 0], "elastic")
     np.testing.assert_allclose(np.array(ElasticTensor.from_voigt(V)), T[0, 0], atol=1e-15)
     S = it.to_voigt(T[0, 0], "compliance")
     np.testing.assert_allclose(np.array(ComplianceTensor.from_voigt(S)), T[0, 0], atol=1e-15)
@@ -72,13 +72,13 @@ def test_pymatgen_inputs_accepted_everywhere():
     from pymatgen.analysis.elasticity import ElasticTensor
     from pymatgen.analysis.piezo import PiezoTensor
 
-    C = _random("elastic", seed=4) + it.from_voigt(np.eye(6) * 10)
+    C = _random("elastic", seed=4) + it.from_voigt(np.eye(6) * 10, "elastic")
     E = ElasticTensor(C)
-    np.testing.assert_array_equal(it.decompose(E), it.decompose(C))
-    np.testing.assert_allclose(it.rotate(E, np.eye(3)), C)
-    assert harmonic_parts(E).bulk_modulus == pytest.approx(E.k_voigt)
+    np.testing.assert_array_equal(it.decompose(E, "elastic"), it.decompose(C, "elastic"))
+    np.testing.assert_allclose(it.rotate(E, np.eye(3), "elastic"), C)
+    assert harmonic_parts(E, "elastic").bulk_modulus == pytest.approx(E.k_voigt)
     assert vrh_moduli(E).g_reuss == pytest.approx(E.g_reuss)
-    assert symmetry_class(E).name == symmetry_class(C).name
+    assert symmetry_class(E, "elastic").name == symmetry_class(C, "elastic").name
     ops = [np.diag([-1.0, -1.0, 1.0])]
     np.testing.assert_array_equal(symmetrize(E, "elastic", ops), symmetrize(C, "elastic", ops))
     e = PiezoTensor(_random("piezoelectric", seed=5))
@@ -182,17 +182,17 @@ def test_docs_examples_numbers():
 
     r = _record("elastic_mp2015", "mp-1143")  # Al2O3 corundum, R-3c
     C = np.array(r["tensor"])
-    p = harmonic_parts(C)
+    p = harmonic_parts(C, "elastic")
     m = vrh_moduli(C)
-    n = block_norms(C)
-    sc = symmetry_class(C, tol=1e-2)
+    n = block_norms(C, "elastic")
+    sc = symmetry_class(C, "elastic", tol=1e-2)
     gpa = np.linalg.norm(C)  # the scale of GPa quantities
     expected.update({
         "Al2O3 K_V (GPa)": (p.bulk_modulus, gpa), "Al2O3 G_V (GPa)": (p.shear_modulus, gpa),
         "Al2O3 K_R (GPa)": (m.k_reuss, gpa), "Al2O3 G_R (GPa)": (m.g_reuss, gpa),
         "Al2O3 K_VRH (GPa)": (m.k_vrh, gpa), "Al2O3 G_VRH (GPa)": (m.g_vrh, gpa),
         "Al2O3 A^U": (universal_anisotropy(C), 1.0), "Al2O3 A^L": (log_euclidean_anisotropy(C), 1.0),
-        "Al2O3 distance from isotropy": (distance_from_isotropy(C), 1.0),
+        "Al2O3 distance from isotropy": (distance_from_isotropy(C, "elastic"), 1.0),
         "Al2O3 eigenvalues of d' (GPa)": (np.linalg.eigvalsh(p.dilatational_deviator), gpa),
         "Al2O3 eigenvalues of v' (GPa)": (np.linalg.eigvalsh(p.voigt_deviator), gpa),
         "Al2O3 norm of H (GPa)": (np.linalg.norm(p.harmonic), gpa),

@@ -38,7 +38,7 @@ def _iso(K, G):
     V[:3, :3] = K - 2 * G / 3
     V[np.arange(3), np.arange(3)] = K + 4 * G / 3
     V[np.arange(3, 6), np.arange(3, 6)] = G
-    return it.from_voigt(V)
+    return it.from_voigt(V, "elastic")
 
 
 def _random_pd(n, seed):
@@ -46,7 +46,7 @@ def _random_pd(n, seed):
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(n, 6, 6)) * 10
     M = A @ np.swapaxes(A, 1, 2) + 50 * np.eye(6)
-    return it.from_mandel(M)
+    return it.from_mandel(M, "elastic")
 
 
 @pytest.mark.parametrize("kind,dim", [("elastic", 21), ("piezoelectric", 18), ("dielectric", 6)])
@@ -108,7 +108,7 @@ def test_isotropic_and_cubic_values():
         assert v == pytest.approx(70.0, rel=1e-12)
     assert universal_anisotropy(C) == pytest.approx(0.0, abs=1e-12)
     assert log_euclidean_anisotropy(C) == pytest.approx(0.0, abs=1e-7)
-    assert distance_from_isotropy(C) == pytest.approx(0.0, abs=1e-15)
+    assert distance_from_isotropy(C, "elastic") == pytest.approx(0.0, abs=1e-15)
     # cubic: closed forms K_V = K_R = (C11 + 2 C12)/3, G_V = (C11 - C12 + 3 C44)/5,
     # G_R = 5 (C11 - C12) C44 / (4 C44 + 3 (C11 - C12)) (Hill 1952)
     c11, c12, c44 = 165.7, 63.9, 79.6  # Si
@@ -127,20 +127,20 @@ def test_isotropic_and_cubic_values():
 
 def test_distance_from_isotropy_is_distance_to_closest_isotropic():
     C = _random_pd(3, seed=5)
-    d = distance_from_isotropy(C, relative=False)
-    iso = harmonic_parts(C).isotropic()
+    d = distance_from_isotropy(C, "elastic", relative=False)
+    iso = harmonic_parts(C, "elastic").isotropic()
     np.testing.assert_allclose(d, np.linalg.norm((C - iso).reshape(3, -1), axis=1), rtol=1e-12)
-    rel = distance_from_isotropy(C)
+    rel = distance_from_isotropy(C, "elastic")
     np.testing.assert_allclose(rel, d / np.linalg.norm(C.reshape(3, -1), axis=1), rtol=1e-12)
     # no other isotropic tensor is closer
     rng = np.random.default_rng(6)
-    p = harmonic_parts(C[0])
+    p = harmonic_parts(C[0], "elastic")
     for _ in range(20):
         other = _iso(p.bulk_modulus + rng.normal() * 5, p.shear_modulus + rng.normal() * 5)
         assert np.linalg.norm(C[0] - other) >= d[0] - 1e-9
     # invariant under rotation
     R = it.random_rotation(seed=7)
-    assert distance_from_isotropy(it.rotate(C[0], R)) == pytest.approx(rel[0], rel=1e-12)
+    assert distance_from_isotropy(it.rotate(C[0], R, "elastic"), "elastic") == pytest.approx(rel[0], rel=1e-12)
 
 
 def test_distance_from_isotropy_other_kinds():
@@ -148,7 +148,7 @@ def test_distance_from_isotropy_other_kinds():
     e = it.compose(rng.normal(size=18), "piezoelectric")
     assert distance_from_isotropy(e, "piezoelectric") == pytest.approx(1.0)  # no isotropic part at all
     assert distance_from_isotropy(np.eye(3) * 4.0, "dielectric") == pytest.approx(0.0, abs=1e-15)
-    assert distance_from_isotropy(np.zeros((6, 6))) == 0.0
+    assert distance_from_isotropy(np.zeros((6, 6)), "elastic") == 0.0
     eps = np.diag([2.0, 2.0, 5.0])
     assert distance_from_isotropy(eps, "dielectric", relative=False) == pytest.approx(np.sqrt(6.0))
 
@@ -156,7 +156,7 @@ def test_distance_from_isotropy_other_kinds():
 def test_errors():
     with pytest.raises(ValueError, match="singular"):
         vrh_moduli(np.zeros((6, 6)))
-    bad = np.stack([it.to_voigt(_iso(100.0, 50.0)), np.zeros((6, 6))])
+    bad = np.stack([it.to_voigt(_iso(100.0, 50.0), "elastic"), np.zeros((6, 6))])
     with pytest.raises(ValueError, match=r"batch index \(1,\)"):
         universal_anisotropy(bad)
     with pytest.raises(ValueError, match="trailing shape"):

@@ -22,7 +22,7 @@ def _class_tensor(name, rng):
 
 
 def _kelvin_eigs(C):
-    return np.sort(np.linalg.eigvalsh(it.to_mandel(C)))
+    return np.sort(np.linalg.eigvalsh(it.to_mandel(C, "elastic")))
 
 
 def _multiplicities(eigs, tol=1e-9):
@@ -37,7 +37,7 @@ def _multiplicities(eigs, tol=1e-9):
 
 
 def _class_residual_in_frame(C, name, frame):
-    y = it.decompose(it.rotate(C, frame))
+    y = it.decompose(it.rotate(C, frame, "elastic"), "elastic")
     return np.linalg.norm(y - class_projector(name) @ y) / np.linalg.norm(y)
 
 
@@ -57,8 +57,8 @@ def test_each_class_in_random_orientations(name):
     for trial in range(3):
         C0 = _class_tensor(name, rng)
         R = it.random_rotation(seed=int(rng.integers(2**31)))
-        C = it.rotate(C0, R)
-        res = symmetry_class(C, tol=1e-6)
+        C = it.rotate(C0, R, "elastic")
+        res = symmetry_class(C, "elastic", tol=1e-6)
         assert isinstance(res, SymmetryClass)
         assert res.name == name, (trial, res.residuals)
         assert res.residual < 1e-9
@@ -77,10 +77,10 @@ def test_each_class_in_random_orientations(name):
 def test_noise_below_tol_keeps_the_class(name):
     rng = np.random.default_rng(100 + ELASTIC_CLASSES.index(name))
     for _ in range(2):
-        C0 = it.rotate(_class_tensor(name, rng), it.random_rotation(seed=int(rng.integers(2**31))))
+        C0 = it.rotate(_class_tensor(name, rng), it.random_rotation(seed=int(rng.integers(2**31))), "elastic")
         noise = it.compose(rng.normal(size=21), "elastic")
         C = C0 + 2e-3 * np.linalg.norm(C0) * noise / np.linalg.norm(noise)
-        res = symmetry_class(C, tol=1e-2)
+        res = symmetry_class(C, "elastic", tol=1e-2)
         assert res.name == name, res.residuals
         assert res.residual <= 1e-2
         assert (res.residual > 0) == (name != "triclinic")  # noise is seen, but not above tol
@@ -91,10 +91,10 @@ def test_noise_below_tol_keeps_the_class(name):
 
 def test_noise_above_tol_lowers_the_class():
     rng = np.random.default_rng(7)
-    C0 = it.rotate(_class_tensor("cubic", rng), it.random_rotation(seed=8))
+    C0 = it.rotate(_class_tensor("cubic", rng), it.random_rotation(seed=8), "elastic")
     noise = it.compose(rng.normal(size=21), "elastic")
     C = C0 + 0.2 * np.linalg.norm(C0) * noise / np.linalg.norm(noise)
-    res = symmetry_class(C, tol=1e-3)
+    res = symmetry_class(C, "elastic", tol=1e-3)
     assert res.name == "triclinic"
     assert len(res.axes) == 0  # not even a two-fold axis within 3 tol
 
@@ -108,10 +108,10 @@ def test_orthotropic_with_cubic_eigenvalue_multiplicities():
     Pn[:3, :3] = np.eye(3) - np.outer(n, n)
     Ps = np.zeros((6, 6))
     Ps[3:, 3:] = np.eye(3)
-    C0 = it.from_mandel(300.0 * N + 80.0 * Pn + 50.0 * Ps)
+    C0 = it.from_mandel(300.0 * N + 80.0 * Pn + 50.0 * Ps, "elastic")
     assert _multiplicities(_kelvin_eigs(C0)) == [1, 2, 3]  # exactly the cubic pattern
-    C = it.rotate(C0, it.random_rotation(seed=11))
-    res = symmetry_class(C, tol=1e-6)
+    C = it.rotate(C0, it.random_rotation(seed=11), "elastic")
+    res = symmetry_class(C, "elastic", tol=1e-6)
     assert res.name == "orthotropic"
     assert res.residuals["cubic"] > 1e-2
 
@@ -124,9 +124,9 @@ def test_orthotropic_with_transversely_isotropic_multiplicities():
     lam = [200.0, 90.0, 140.0]
     M[:3, :3] = Qn @ np.diag(lam) @ Qn.T
     M[3:, 3:] = np.diag([200.0, 90.0, 60.0])  # shear eigenvalues repeat two normal-strain ones
-    C0 = it.from_mandel(M)
+    C0 = it.from_mandel(M, "elastic")
     assert _multiplicities(_kelvin_eigs(C0)) == [1, 1, 2, 2]
-    res = symmetry_class(it.rotate(C0, it.random_rotation(seed=13)), tol=1e-6)
+    res = symmetry_class(it.rotate(C0, it.random_rotation(seed=13), "elastic"), "elastic", tol=1e-6)
     assert res.name == "orthotropic"
 
 
@@ -136,8 +136,8 @@ def test_vanishing_deviators(name):
     rng = np.random.default_rng(21)
     x = class_projector(name) @ rng.normal(size=21)
     x[2:12] = 0.0
-    C = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=22))
-    res = symmetry_class(C, tol=1e-6)
+    C = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=22), "elastic")
+    res = symmetry_class(C, "elastic", tol=1e-6)
     assert res.name == name
 
 
@@ -145,42 +145,43 @@ def test_harmonic_only_cubic_and_deviator_only_tensor():
     rng = np.random.default_rng(31)
     x = class_projector("cubic") @ rng.normal(size=21)
     x[:2] = 0.0  # pure harmonic: no isotropic part at all
-    assert symmetry_class(it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=1))).name == "cubic"
+    C = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=1), "elastic")
+    assert symmetry_class(C, "elastic").name == "cubic"
     # deviators uniaxial and H = 0: transversely isotropic
     x = class_projector("transversely_isotropic") @ rng.normal(size=21)
     x[12:] = 0.0
-    assert symmetry_class(it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=2))).name == (
-        "transversely_isotropic"
-    )
+    C = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=2), "elastic")
+    assert symmetry_class(C, "elastic").name == "transversely_isotropic"
 
 
 def test_near_isotropic_threshold():
     rng = np.random.default_rng(41)
     iso = it.compose(class_projector("isotropic") @ (10 * rng.normal(size=21)), "elastic")
     cub = _class_tensor("cubic", rng)
-    cub_aniso = cub - it.compose(class_projector("isotropic") @ it.decompose(cub), "elastic")
+    cub_aniso = cub - it.compose(class_projector("isotropic") @ it.decompose(cub, "elastic"), "elastic")
     d = cub_aniso / np.linalg.norm(cub_aniso) * np.linalg.norm(iso)
-    small = it.rotate(iso + 1e-4 * d, it.random_rotation(seed=3))
-    assert symmetry_class(small, tol=1e-3).name == "isotropic"
-    assert symmetry_class(small, tol=1e-6).name == "cubic"
+    small = it.rotate(iso + 1e-4 * d, it.random_rotation(seed=3), "elastic")
+    assert symmetry_class(small, "elastic", tol=1e-3).name == "isotropic"
+    assert symmetry_class(small, "elastic", tol=1e-6).name == "cubic"
 
 
 def test_zero_and_scalar_multiple_and_inputs():
-    assert symmetry_class(np.zeros((6, 6))).name == "isotropic"
+    assert symmetry_class(np.zeros((6, 6)), "elastic").name == "isotropic"
     rng = np.random.default_rng(51)
-    C = it.rotate(_class_tensor("tetragonal", rng), it.random_rotation(seed=4))
-    assert symmetry_class(1e6 * C).name == "tetragonal"  # scale invariant
-    assert symmetry_class(it.to_voigt(C)).name == "tetragonal"  # Voigt input
+    C = it.rotate(_class_tensor("tetragonal", rng), it.random_rotation(seed=4), "elastic")
+    assert symmetry_class(1e6 * C, "elastic").name == "tetragonal"  # scale invariant
+    assert symmetry_class(it.to_voigt(C, "elastic"), "elastic").name == "tetragonal"  # Voigt input
     pytest.importorskip("pymatgen")
     from pymatgen.analysis.elasticity import ElasticTensor
 
-    assert symmetry_class(ElasticTensor(C)).name == "tetragonal"  # pymatgen input
-    assert symmetry_class(C, kind="compliance").name == "tetragonal"
+    assert symmetry_class(ElasticTensor(C), "elastic").name == "tetragonal"  # pymatgen input
+    assert symmetry_class(C, "compliance").name == "tetragonal"
     # a compliance in Voigt form (factors 2 and 4 on shear entries) is read with its own convention
-    S = np.linalg.inv(it.to_voigt(C + it.from_mandel(100 * np.eye(6))))  # + isotropic: still tetragonal
-    res = symmetry_class(S, kind="compliance", tol=1e-6)
+    # + isotropic: still tetragonal
+    S = np.linalg.inv(it.to_voigt(C + it.from_mandel(100 * np.eye(6), "elastic"), "elastic"))
+    res = symmetry_class(S, "compliance", tol=1e-6)
     assert res.name == "tetragonal"
-    assert symmetry_class(it.from_voigt(S, "compliance"), kind="compliance", tol=1e-6).name == "tetragonal"
+    assert symmetry_class(it.from_voigt(S, "compliance"), "compliance", tol=1e-6).name == "tetragonal"
 
 
 def test_real_materials_match_crystal_system():
@@ -196,7 +197,7 @@ def test_real_materials_match_crystal_system():
     assert set(found) == set(expected)
     for mid, cls in expected.items():
         R = it.random_rotation(seed=5)
-        res = symmetry_class(it.rotate(found[mid], R), tol=1e-2)
+        res = symmetry_class(it.rotate(found[mid], R, "elastic"), "elastic", tol=1e-2)
         assert res.name == cls, (mid, res.residuals)
 
 
@@ -204,15 +205,15 @@ def test_errors():
     with pytest.raises(ValueError, match="elastic tensors"):
         symmetry_class(np.zeros((3, 6)), kind="piezoelectric")
     with pytest.raises(ValueError, match="one tensor"):
-        symmetry_class(np.zeros((2, 6, 6)))
+        symmetry_class(np.zeros((2, 6, 6)), "elastic")
     with pytest.raises(ValueError, match="tol"):
-        symmetry_class(np.eye(6), tol=0.0)
+        symmetry_class(np.eye(6), "elastic", tol=0.0)
     with pytest.raises(ValueError, match="tol"):
-        symmetry_class(np.eye(6), tol=float("nan"))
+        symmetry_class(np.eye(6), "elastic", tol=float("nan"))
     with pytest.raises(ValueError, match="trailing shape"):
-        symmetry_class(np.zeros((5, 5)))
+        symmetry_class(np.zeros((5, 5)), "elastic")
     asym = np.eye(6)
     asym[0, 1] = 1.0
     with pytest.raises(ValueError, match="index symmetry"):
-        symmetry_class(asym)
-    assert symmetry_class(asym, symmetrize=True).name in ELASTIC_CLASSES
+        symmetry_class(asym, "elastic")
+    assert symmetry_class(asym, "elastic", symmetrize=True).name in ELASTIC_CLASSES

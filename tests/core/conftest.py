@@ -1,0 +1,16 @@
+"""The core tests use the current calling convention: a DeprecationWarning of irreptensor is an error here.
+
+The tests of the deprecated forms themselves catch the warning with ``pytest.warns`` (which records it
+instead of raising).
+"""
+
+import warnings
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _irreptensor_deprecations_are_errors():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"irreptensor\.", category=DeprecationWarning)
+        yield
