@@ -76,18 +76,19 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(args.seed)
     n = args.n
-    C = it.compose(rng.normal(size=(n, 21)), "elastic") + it.from_voigt(np.eye(6) * 50.0)
+    C = it.compose(rng.normal(size=(n, 21)), "elastic") + it.from_voigt(np.eye(6) * 50.0, "elastic")
     rows = []
 
     def add(name, seconds, per, note=""):
         rows.append({"function": name, "seconds": seconds, "per_item_us": seconds / per * 1e6, "items": per,
                      "note": note})
 
-    add("harmonic_parts (elastic, Cartesian in)", best_of(lambda: harmonic_parts(C), args.repeat), n,
+    add("harmonic_parts (elastic, Cartesian in)", best_of(lambda: harmonic_parts(C, "elastic"), args.repeat), n,
         "target < 1 s for 100k")
-    Cv = it.to_voigt(C)
-    add("harmonic_parts (elastic, Voigt in)", best_of(lambda: harmonic_parts(Cv), args.repeat), n)
-    add("harmonic_parts + cartesian_parts()", best_of(lambda: harmonic_parts(C).cartesian_parts(), args.repeat), n)
+    Cv = it.to_voigt(C, "elastic")
+    add("harmonic_parts (elastic, Voigt in)", best_of(lambda: harmonic_parts(Cv, "elastic"), args.repeat), n)
+    add("harmonic_parts + cartesian_parts()",
+        best_of(lambda: harmonic_parts(C, "elastic").cartesian_parts(), args.repeat), n)
     try:
         import pymatgen  # noqa: F401
 
@@ -117,8 +118,8 @@ def main(argv=None) -> int:
     e = it.compose(rng.normal(size=(n, 18)), "piezoelectric")
     add("harmonic_parts (piezoelectric)", best_of(lambda: harmonic_parts(e, "piezoelectric"), args.repeat), n)
     add("symmetrize (piezoelectric, -3m)", best_of(lambda: symmetrize(e, "piezoelectric", G), args.repeat), n)
-    add("block_norms (elastic)", best_of(lambda: block_norms(C), args.repeat), n)
-    add("distance_from_isotropy (elastic)", best_of(lambda: distance_from_isotropy(C), args.repeat), n)
+    add("block_norms (elastic)", best_of(lambda: block_norms(C, "elastic"), args.repeat), n)
+    add("distance_from_isotropy (elastic)", best_of(lambda: distance_from_isotropy(C, "elastic"), args.repeat), n)
     add("vrh_moduli (elastic, incl. 6x6 inverse)", best_of(lambda: vrh_moduli(C), args.repeat), n)
     if have_pymatgen:
         add("point_group_ops (structure -> ops, spglib)", best_of(lambda: point_group_ops(structure), args.repeat), 1)
@@ -140,14 +141,14 @@ def main(argv=None) -> int:
     for k in range(args.n_class):
         name = ELASTIC_CLASSES[k % len(ELASTIC_CLASSES)]
         x = class_projector(name) @ rng.normal(size=21)
-        T = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=int(rng.integers(2**31))))
+        T = it.rotate(it.compose(x, "elastic"), it.random_rotation(seed=int(rng.integers(2**31))), "elastic")
         noise = it.compose(rng.normal(size=21), "elastic")
         samples.append((name, T + 1e-3 * np.linalg.norm(T) * noise / np.linalg.norm(noise)))
-    symmetry_class(samples[0][1])  # build the cached grid and projectors
+    symmetry_class(samples[0][1], "elastic")  # build the cached grid and projectors
     times, correct, higher = [], 0, 0
     for name, T in samples:
         t = time.perf_counter()
-        res = symmetry_class(T, tol=1e-2)
+        res = symmetry_class(T, "elastic", tol=1e-2)
         times.append(time.perf_counter() - t)
         correct += res.name == name
         # a generic tensor of a class may lie within tol of a more symmetric class: then that class is the answer

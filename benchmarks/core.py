@@ -235,11 +235,11 @@ def wigner(n: int, repeats: int) -> dict:
     with torch.no_grad():
         res = timed_side_by_side({
             "output_floor": output_floor,
-            "ours": lambda: it.wigner_D("elastic", R),
-            "ours_threads": lambda: it.wigner_D("elastic", R, threads=None),
+            "ours": lambda: it.wigner_D(R, "elastic"),
+            "ours_threads": lambda: it.wigner_D(R, "elastic", threads=None),
             "e3nn": lambda: irreps.D_from_matrix(Rt),
         }, repeats)
-        ours, ref = it.wigner_D("elastic", R[:20000]), irreps.D_from_matrix(Rt[:20000]).numpy()
+        ours, ref = it.wigner_D(R[:20000], "elastic"), irreps.D_from_matrix(Rt[:20000]).numpy()
     res["speedup_wall"] = res["e3nn"]["wall_median_s"] / res["ours"]["wall_median_s"]
     res["speedup_cpu"] = res["e3nn"]["cpu_median_s"] / res["ours"]["cpu_median_s"]
     res["threads"] = default_threads()
@@ -267,7 +267,7 @@ def precision(n: int = 2000) -> dict:
         ours_rt = np.abs(it.compose(it.decompose(T, "elastic"), "elastic") - T).max() / np.abs(T).max()
         e3nn_rt = (ct.to_cartesian(ct.from_cartesian(Tt, rtp), rtp) - Tt).abs().max().item() / np.abs(T).max()
         xo = it.decompose(T, "elastic")
-        ours_eq = np.abs(it.decompose(TR, "elastic") - np.einsum("nij,nj->ni", it.wigner_D("elastic", R), xo)).max()
+        ours_eq = np.abs(it.decompose(TR, "elastic") - np.einsum("nij,nj->ni", it.wigner_D(R, "elastic"), xo)).max()
         xe = ct.from_cartesian(Tt, rtp)
         De = o3.Irreps(ELASTIC_IRREPS).D_from_matrix(Rt)
         e3nn_eq = (ct.from_cartesian(torch.from_numpy(TR), rtp) - torch.einsum("nij,nj->ni", De, xe)).abs().max().item()

@@ -147,11 +147,11 @@ def test_head_equivariance(heads64, improper):
     R = rotation(3, improper)
     x = HEAD_IRREPS_IN.randn(7, -1, dtype=torch.float64)
     batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
-    D_in = torch.as_tensor(it.wigner_D(str(HEAD_IRREPS_IN), R))
+    D_in = torch.as_tensor(it.wigner_D(R, str(HEAD_IRREPS_IN)))
     for prop, head in heads64.items():
         y = head(x, batch, 2)
         assert y.shape == (2, o3.Irreps(it.irreps(prop)).dim)
-        D = torch.as_tensor(it.wigner_D(prop, R))
+        D = torch.as_tensor(it.wigner_D(R, prop))
         assert_close(head(x @ D_in.T, batch, 2), y @ D.T, 1e-10)
 
 
@@ -211,7 +211,7 @@ def test_trunk_rotation_equivariance(trunk64, improper):
     rotated = dataclasses.replace(
         batch, pos=batch.pos @ R.T, edge_shift=batch.edge_shift @ R.T, lattice=batch.lattice @ R.T
     )
-    D = torch.as_tensor(it.wigner_D(str(trunk64.irreps_out), R))
+    D = torch.as_tensor(it.wigner_D(R, str(trunk64.irreps_out)))
     with torch.no_grad():
         assert_close(trunk64(rotated), trunk64(batch) @ D.T, 1e-10)
 
@@ -224,7 +224,7 @@ def test_native_parity_is_only_so3(trunk64):
         native = FoundationTrunk(parity="native").eval()
     batch = batch_of([polar_structure()])
     inverted = dataclasses.replace(batch, pos=-batch.pos, edge_shift=-batch.edge_shift)
-    D = torch.as_tensor(it.wigner_D(str(native.irreps_out), -torch.eye(3, dtype=torch.float64)))
+    D = torch.as_tensor(it.wigner_D(-torch.eye(3, dtype=torch.float64), str(native.irreps_out)))
     with torch.no_grad():
         error = (native(inverted) - native(batch) @ D.T).abs().max()
     assert error > 1e-3

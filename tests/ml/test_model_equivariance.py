@@ -2,7 +2,7 @@
 invariance, and the physical consequence that a centrosymmetric crystal has zero
 odd-parity (piezoelectric) output.  All in float64 with a small model.
 
-The expected transformation uses ``irreptensor.wigner_D(kind, R)``, which is exact to ~1e-15 in
+The expected transformation uses ``irreptensor.wigner_D(R, kind)``, which is exact to ~1e-15 in
 float64.  It is the same real basis as ``e3nn.o3.Irreps(irreps).D_from_matrix(R)``, but e3nn's
 matrix -> Euler-angle conversion loses precision (``D_from_matrix(R)`` for ``1o`` differs from
 ``R`` by ~1e-7 in float64), so e3nn's matrices can only be compared at ~1e-5
@@ -96,7 +96,7 @@ def structures() -> list[Structure]:
 
 
 def wigner(prop: str, R: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(it.wigner_D(prop, R), dtype=torch.float64)
+    return torch.as_tensor(it.wigner_D(R, prop), dtype=torch.float64)
 
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-10) -> None:

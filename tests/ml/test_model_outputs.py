@@ -49,7 +49,7 @@ def test_exp_output_is_equivariant_and_positive_definite(seed, improper, kind, s
     out = _fitted(kind)
     y = torch.as_tensor(np.random.default_rng(seed).normal(size=(4, it.dim(kind))) * spread)
     x = out(y)
-    D = torch.as_tensor(np.asarray(it.wigner_D(kind, _rotation(seed, improper))))
+    D = torch.as_tensor(np.asarray(it.wigner_D(_rotation(seed, improper), kind)))
     # the scale/shift are per irrep block, hence commute with D: rotate the latent, rotate the output
     assert torch.allclose(out(y @ D.T), x @ D.T, atol=1e-8 * (1 + x.abs().max()))
     cart = np.asarray(it.compose(x.detach().numpy(), kind))
@@ -190,7 +190,7 @@ def test_exp_parts_are_equivariant_and_physical(seed, improper, spread):
     total, parts = _parts_targets()
     out = OutputMap("dielectric", 6, "exp", parts=("electronic", "ionic")).double().fit(total, parts)
     y = torch.as_tensor(np.random.default_rng(seed).normal(size=(4, 12)) * spread)
-    D = torch.as_tensor(np.asarray(it.wigner_D("dielectric", _rotation(seed, improper))))
+    D = torch.as_tensor(np.asarray(it.wigner_D(_rotation(seed, improper), "dielectric")))
     D2 = torch.block_diag(D, D)
     got, rotated = out.forward_parts(y), out.forward_parts(y @ D2.T)
     for name, floor in (("electronic", 1.0), ("ionic", 0.0)):

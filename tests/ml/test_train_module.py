@@ -53,7 +53,7 @@ def test_frobenius_loss_is_the_physical_error_norm_and_rotation_invariant():
     frob = np.sqrt((err**2).sum(axis=(-2, -1)))[mask.numpy()]
     assert loss.item() == pytest.approx(frob.mean() / float(scale.pow(2).mean().sqrt()), rel=1e-10)
     # rotating prediction and target together leaves it unchanged
-    D = torch.as_tensor(it.wigner_D("dielectric", it.random_rotation(seed=1)))
+    D = torch.as_tensor(it.wigner_D(it.random_rotation(seed=1), "dielectric"))
     rot = masked_loss(pred @ D.T, target @ D.T, mask, "frobenius", scale=torch.full((6,), 2.0, dtype=torch.float64))
     ref = masked_loss(pred, target, mask, "frobenius", scale=torch.full((6,), 2.0, dtype=torch.float64))
     assert rot.item() == pytest.approx(ref.item(), rel=1e-12)
