@@ -14,8 +14,11 @@ A configuration is a plain nested dict (YAML-serialisable) with the sections
 * ``trainer``: Lightning ``Trainer`` settings (accelerator, devices, num_nodes, strategy, ...).
 
 :func:`load_config` deep-merges a user file/dict (and ``"a.b=value"`` overrides) over
-``irreptensor_ml/configs/default.yaml`` and rejects unknown keys with a ``ValueError`` that names
-them, so that a typo cannot silently fall back to a default.
+``irreptensor_ml/configs/default.yaml`` and checks the result against a pydantic schema
+(:class:`TrainingConfig`: no unknown keys, so that a typo cannot silently fall back to a default;
+loss names and schedulers from fixed lists; numbers in range).  A bad config raises ``ValueError``
+with one line per bad key, ``"trainer.max_epochs: Input should be greater than or equal to 1
+(got -5)"``.  The schema only checks: the config stays the plain dict that was given.
 """
 
 from __future__ import annotations
@@ -26,10 +29,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StrictInt,
+    Tag,
+    ValidationError,
+)
 
 __all__ = [
     "CONFIG_DIR",
+    "TrainingConfig",
     "apply_overrides",
     "default_config",
     "load_config",
@@ -40,9 +53,9 @@ __all__ = [
 #: directory of the shipped YAML configurations (``default.yaml``, ``tiny.yaml``).
 CONFIG_DIR = Path(str(resources.files("irreptensor_ml") / "configs"))
 
-LossType = Literal["mse", "smooth_l1", "frobenius", "relative", "relative_sign_free", "log"]
-NonNegative = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=0)]
+_LossType = Literal["mse", "smooth_l1", "frobenius", "relative", "relative_sign_free", "log"]
+_NonNegative = Annotated[float, Field(ge=0)]
+_Count = Annotated[int, Field(ge=0)]
 
 
 def _loss_form(value: Any) -> str:
@@ -58,10 +71,10 @@ class LossSection(_Section):
     """``loss``: a loss name or ``{property: name}``, the smooth-L1 beta, per-property weights."""
 
     type: Annotated[
-        Annotated[LossType, Tag("name")] | Annotated[dict[str, LossType], Tag("per_property")],
+        Annotated[_LossType, Tag("name")] | Annotated[dict[str, _LossType], Tag("per_property")],
         Discriminator(_loss_form),
     ]
-    smooth_l1_beta: NonNegative
+    smooth_l1_beta: _NonNegative
     weights: dict[str, Annotated[StrictFloat, Field(ge=0)]] | None
 
 
@@ -69,41 +82,41 @@ class OptimSection(_Section):
     """``optim``: AdamW learning rate and weight decay, and the per-epoch LR schedule."""
 
     lr: Annotated[float, Field(gt=0)]  # lax: ``--set optim.lr=1e-3`` is the YAML string '1e-3'
-    weight_decay: NonNegative
+    weight_decay: _NonNegative
     scheduler: Literal["cosine", "plateau", "none"]
-    warmup_epochs: Count
-    min_lr: NonNegative
+    warmup_epochs: _Count
+    min_lr: _NonNegative
     plateau_factor: Annotated[float, Field(gt=0, lt=1)]
-    plateau_patience: Count
+    plateau_patience: _Count
 
 
 class TrainerSection(_Section):
-    """``trainer``: Lightning ``Trainer`` settings (the strings Lightning checks itself)."""
+    """``trainer``: Lightning ``Trainer`` settings (Lightning checks the strings; null: its default)."""
 
     max_epochs: Annotated[StrictInt, Field(ge=1)]
-    accelerator: str
-    devices: int | str | list[int]
-    num_nodes: Annotated[int, Field(ge=1)]
-    strategy: str
+    accelerator: str | None
+    devices: int | str | list[int] | None
+    num_nodes: Annotated[int, Field(ge=1)] | None
+    strategy: str | None
     precision: int | str | None
-    gradient_clip_val: NonNegative | None
-    early_stopping_patience: Count
-    log_every_n_steps: Count | None
+    gradient_clip_val: _NonNegative | None
+    early_stopping_patience: _Count
+    log_every_n_steps: _Count | None
     enable_progress_bar: bool | None
     deterministic: bool | Literal["warn"] | None
-    limit_train_batches: Count | NonNegative | None
-    limit_val_batches: Count | NonNegative | None
-    num_threads: Count | None  # 0 or null: leave torch's default
+    limit_train_batches: _Count | _NonNegative | None
+    limit_val_batches: _Count | _NonNegative | None
+    num_threads: _Count | None  # 0 or null: leave torch's default
 
 
 class ModelSection(_Section):
     """``model``: ``trunk`` and ``heads`` are checked by the model, ``outputs`` below."""
 
     trunk: dict[str, Any]
-    heads: dict[str, Any]
+    heads: dict[str, Any] | None
     outputs: dict[str, str] | None = None
     pretrained_trunk: str | Path | None
-    freeze_trunk: bool
+    freeze_trunk: bool | None
 
 
 class TrainingConfig(_Section):
@@ -179,28 +192,43 @@ def _known_keys(path: Sequence[str]) -> list[str] | None:
     return list(cls.model_fields)
 
 
-def _error_line(error: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    """``"a.b.c: message, got value"`` for one pydantic error; union-member names and tags that
-    pydantic puts in ``loc`` are left out by following the key path through ``config``."""
+def _key_path(error: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The keys of ``error["loc"]``: the names of union members and the discriminator tags that
+    pydantic puts in ``loc`` are left out by following the path through ``config``."""
     path: list[str] = []
     node: Any = config
     loc = error["loc"]
     for i, part in enumerate(loc):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, Mapping) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
         elif not (i == len(loc) - 1 and error["type"] == "missing"):
             continue  # a union member's name or a discriminator tag, not a key
         path.append(str(part))
-    key = ".".join(path)
-    if error["type"] == "extra_forbidden":
-        known = _known_keys(path[:-1])
-        what = "unknown config section" if len(path) == 1 else f"unknown key in config section {path[-2]!r}"
-        return f"{key}: {what}" + (f"; known: {known}" if known is not None else "")
-    if error["type"] == "missing":
-        return f"{key}: missing (not in the config, nor in default.yaml)"
-    return f"{key}: {error['msg']}, got {error['input']!r}"
+    return path
+
+
+def _error_lines(exc: ValidationError, config: Mapping[str, Any]) -> list[str]:
+    """One ``"section.key: message"`` line per bad key (a union's alternatives joined by "or")."""
+    lines: dict[str, list[str]] = {}
+    got: dict[str, Any] = {}
+    for error in exc.errors():
+        path = _key_path(error, config)
+        key = ".".join(path)
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(path[:-1])
+            what = "unknown config section" if len(path) == 1 else f"unknown key in config section {path[-2]!r}"
+            lines[key] = [what + (f"; known: {known}" if known is not None else "")]
+        elif error["type"] == "missing":
+            lines[key] = ["missing (neither in the config nor in default.yaml)"]
+        else:
+            lines.setdefault(key, []).append(error["msg"])
+            got[key] = error["input"]
+    return [
+        f"{key}: {'; or '.join(msgs)}" + (f" (got {got[key]!r})" if key in got else "")
+        for key, msgs in lines.items()
+    ]
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
@@ -210,8 +238,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
     try:
         TrainingConfig.model_validate(full)
     except ValidationError as exc:
-        lines = dict.fromkeys(_error_line(e, full) for e in exc.errors())
-        raise ValueError("\n".join(lines)) from None
+        raise ValueError("\n".join(_error_lines(exc, full))) from None
     model = config.get("model") or {}
     from irreptensor_ml.model.outputs import TRANSFORMS
 

@@ -20,7 +20,11 @@ from irreptensor_ml.train.config import (
     merge_configs,
     validate_config,
 )
-from irreptensor_ml.transfer.presets import flatten_overrides, load_study_config, set_dotted
+from irreptensor_ml.transfer.presets import (
+    flatten_overrides,
+    load_study_config,
+    set_dotted,
+)
 
 SNAPSHOTS = Path(__file__).parent / "data" / "config_snapshots.json"
 TRAINING_CONFIGS = ("default", "learn", "tiny")
@@ -86,6 +90,8 @@ def test_load_config_returns_plain_dicts_and_keeps_values():
     assert type(cfg) is dict and all(type(v) is dict for k, v in cfg.items() if k != "seed")
     assert cfg["optim"]["lr"] == "1e-3"  # YAML 1.1 reads 1e-3 as a string; kept as given (float() downstream)
     assert cfg["trainer"]["devices"] == 1
+    # null leaves a Lightning setting at Lightning's default, as before the schema
+    assert load_config(None, ["trainer.devices=null", "trainer.strategy=null"])["trainer"]["devices"] is None
     validate_config(default_config())
     assert merge_configs({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
