@@ -1,5 +1,5 @@
 """Transfer-study configuration: defaults, the shipped presets (``quick``, ``full``, ``full-cpu``,
-``foundation``), validation.
+``foundation``, ``learn-cpu`` ...), validation.
 
 A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULTS` for values):
 
@@ -8,11 +8,27 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
 ``data``                 :class:`~irreptensor_ml.data.DataConfig` settings of the study data
                          (``properties`` and ``train_fraction`` are fixed by the study).
 ``train``                training config (``model``, ``loss``, ``optim``, ``trainer`` sections of
-                         ``configs/default.yaml``) shared by every run.
+                         ``configs/default.yaml``) shared by every run. Per-property settings --
+                         ``model.outputs`` (``{dielectric: exp}``), ``model.heads``
+                         (``{dielectric: {parts: true}}``), ``loss.type`` as a mapping
+                         (``{piezoelectric: relative}``), ``loss.weights`` -- apply to the runs
+                         that have a head of that property.
 ``pretrain``             ``property`` (elastic), ``seeds`` (one pretrained trunk per seed; the
                          i-th study seed uses ``seeds[i % len(seeds)]``) and ``overrides``
                          (dotted training-config keys, e.g. ``trainer.max_epochs``).
-``targets``              properties the trunk is transferred to.
+``targets``              what the trunk is transferred to: properties, or a property's part
+                         (``dielectric_electronic``: the electronic dielectric tensor, whose mean
+                         eigenvalue is n^2). A part target is reported from its property's runs,
+                         whose head then predicts the parts (``model.heads.<property>.parts``);
+                         with both ``dielectric`` and ``dielectric_electronic`` each run is shared.
+``target_settings``      ``{target: overrides}``: dotted training keys (``optim.lr``,
+                         ``trainer.max_epochs``, ``loss.type``, ``model.outputs.<p>`` ...) applied
+                         to every run of that target, before the strategy's; not ``model.trunk``
+                         (one trunk architecture for all runs: the pretrained one).
+``target_strategies``    ``{target: [strategies]}``: the strategies run for that target (default:
+                         all ``strategies``); each list includes scratch. The pretraining property
+                         may be a target only of strategies that do not reuse the pretraining run
+                         (e.g. ``{elastic: [scratch, foundation-frozen]}``).
 ``strategies``           subset of scratch / frozen / finetune / multitask / control /
                          foundation-frozen / foundation-finetune.
 ``fractions``            learning-curve fractions of each target's training materials.
@@ -32,6 +48,10 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
 ``reference_rows``       ``{property: summary.json}`` of rows computed outside the study on the
                          same test materials (e.g. SevenNet-0's own finite-strain elastic
                          tensors, ``scripts/foundation_reference.py``) for the report.
+``baselines_dir``        directory of ``benchmarks/baselines.py`` outputs (``<property>.json``:
+                         zero, isotropic and random-forest baselines) printed beside the study's
+                         rows when the file of a target's property is present (read, never
+                         recomputed; their test materials are stated); ``null`` = none.
 ``tuning``               ``candidates: {strategy: [overrides, ...]}`` -- every listed strategy
                          must get the same number of candidates (equal tuning budget); they are
                          compared on the validation Frobenius MAE at ``fraction`` over ``seeds``;
@@ -60,6 +80,7 @@ PRESETS: dict[str, str] = {
     "quick": "transfer_quick.yaml",
     "full": "transfer_full.yaml",
     "full-cpu": "transfer_full_cpu.yaml",
+    "learn-cpu": "transfer_learn_cpu.yaml",
     "foundation": "transfer_foundation.yaml",
     "foundation-cpu": "transfer_foundation_cpu.yaml",
     "foundation-finetune-cpu": "transfer_foundation_finetune_cpu.yaml",
@@ -96,6 +117,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "reuse_runs_from": [],
     "reference_rows": {},
+    "target_settings": {},
+    "target_strategies": {},
+    "baselines_dir": "results/baselines",
 }
 
 _STRATEGIES = (
@@ -106,6 +130,9 @@ _PRETRAINED = ("frozen", "finetune")
 #: strategies that take a trunk learning-rate scale
 _SCALED = ("finetune", "foundation-finetune")
 _PROPERTIES = ("elastic", "dielectric", "piezoelectric")
+#: properties and their parts (mirrors :data:`irreptensor_ml.transfer.studydata.PART_TARGETS`)
+_PART_TARGETS = {"dielectric_electronic": "dielectric", "dielectric_ionic": "dielectric"}
+_TARGETS = (*_PROPERTIES, *_PART_TARGETS)
 _STRATEGY_KEYS = ("trunk_lr_scale",)
 #: mirrors :data:`irreptensor_ml.transfer.strategies.START_FROM` (no torch import here)
 _START_FROM = {"foundation-finetune": ("foundation-frozen",)}
@@ -183,6 +210,18 @@ def load_study_config(
     return config
 
 
+def target_base(target: str) -> str:
+    """The property of a target (``dielectric_electronic`` -> ``dielectric``)."""
+    return _PART_TARGETS.get(target, target)
+
+
+def strategies_for(config: Mapping[str, Any], target: str) -> list[str]:
+    """The strategies run for ``target``: ``target_strategies[target]`` or all ``strategies`` (in
+    the order of ``strategies``)."""
+    chosen = (config.get("target_strategies") or {}).get(target)
+    return [s for s in config["strategies"] if chosen is None or s in chosen]
+
+
 def _check_list(config: Mapping[str, Any], key: str, allowed: Sequence[str] | None = None) -> list:
     value = config[key]
     if not isinstance(value, list) or not value:
@@ -217,18 +256,33 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
     from irreptensor_ml.data.datamodule import DataConfig
 
     DataConfig.from_dict(data)  # raises ValueError naming a bad data key
-    targets = _check_list(config, "targets", _PROPERTIES)
+    targets = _check_list(config, "targets", _TARGETS)
     pre = config["pretrain"]["property"]
     if pre not in _PROPERTIES:
         raise ValueError(f"pretrain.property must be one of {_PROPERTIES}, got {pre!r}")
     strategies = _check_list(config, "strategies", _STRATEGIES)
-    if pre in targets and any(s in _PRETRAINED for s in strategies):
-        raise ValueError(
-            f"pretrain.property {pre!r} cannot also be a target of strategies that reuse the "
-            f"pretraining run ({[s for s in strategies if s in _PRETRAINED]})"
-        )
     if "scratch" not in strategies:
         raise ValueError("strategies must include 'scratch' (the baseline every strategy is compared to)")
+    per_target = config["target_strategies"]
+    if not isinstance(per_target, Mapping):
+        raise ValueError(f"target_strategies must map targets to lists of strategies, got {per_target!r}")
+    for t, lst in per_target.items():
+        if t not in targets:
+            raise ValueError(f"target_strategies names {t!r}, which is not one of the targets {targets}")
+        if not isinstance(lst, list) or not lst or len(set(lst)) != len(lst):
+            raise ValueError(f"target_strategies.{t} must be a non-empty list without duplicates, got {lst!r}")
+        bad = [s for s in lst if s not in strategies]
+        if bad:
+            raise ValueError(f"target_strategies.{t} has {bad}, which are not among the strategies {strategies}")
+        if "scratch" not in lst:
+            raise ValueError(f"target_strategies.{t} must include 'scratch' (the baseline of every comparison)")
+    if pre in targets and any(s in _PRETRAINED for s in strategies_for(config, pre)):
+        raise ValueError(
+            f"pretrain.property {pre!r} cannot also be a target of strategies that reuse the "
+            f"pretraining run ({[s for s in strategies_for(config, pre) if s in _PRETRAINED]}); "
+            f"restrict its strategies, e.g. target_strategies: {{{pre}: [scratch, foundation-frozen]}}"
+        )
+    _check_target_settings(config, targets)
     for f in _check_list(config, "fractions"):
         if not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise ValueError(f"fractions must be numbers in (0, 1], got {f!r}")
@@ -274,6 +328,10 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
             if source not in strategies:
                 raise ValueError(f"strategy_settings.{strat}.start_from={source!r} is not one of the "
                                  f"study's strategies {strategies}")
+            for t in targets:
+                if strat in strategies_for(config, t) and source not in strategies_for(config, t):
+                    raise ValueError(f"target_strategies.{t}: {strat!r} starts from {source!r} runs; "
+                                     f"add {source!r} to it")
             chained.append(strat)
     tuning = config["tuning"]
     if not 0 < float(tuning["fraction"]) <= 1:
@@ -319,14 +377,55 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
     if not isinstance(reuse, list) or not all(isinstance(r, str) and r for r in reuse):
         raise ValueError(f"reuse_runs_from must be a list of directories, got {reuse!r}")
     rows = config["reference_rows"]
-    if not isinstance(rows, Mapping) or not all(p in _PROPERTIES and isinstance(f, str) for p, f in rows.items()):
+    if not isinstance(rows, Mapping) or not all(p in _TARGETS and isinstance(f, str) for p, f in rows.items()):
         raise ValueError(f"reference_rows must map properties to summary files, got {rows!r}")
+    bdir = config["baselines_dir"]
+    if bdir is not None and not (isinstance(bdir, str) and bdir):
+        raise ValueError(f"baselines_dir must be a directory (string) or null, got {bdir!r}")
     train = config["train"]
     if not isinstance(train, Mapping):
         raise ValueError("train must be a mapping of training-config sections")
     bad = sorted(set(train) - {"model", "loss", "optim", "trainer"})
     if bad:
         raise ValueError(f"unknown key(s) {bad} in 'train'; known: ['loss', 'model', 'optim', 'trainer']")
+
+
+def _check_target_settings(config: Mapping[str, Any], targets: Sequence[str]) -> None:
+    """``target_settings`` and the per-target training settings they resolve to."""
+    settings = config["target_settings"]
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"target_settings must map targets to overrides, got {settings!r}")
+    train = config["train"]
+    if not isinstance(train, Mapping):
+        raise ValueError("train must be a mapping of training-config sections")
+    for t, over in settings.items():
+        if t not in targets:
+            raise ValueError(f"target_settings names {t!r}, which is not one of the targets {list(targets)}")
+        _check_overrides("target", over, f"target_settings.{t}")
+        for key in flatten_overrides(over or {}):
+            if key in ("start_from", "min_train_steps", "trunk_lr_scale") or key.startswith("model.trunk") or key in (
+                    "model.pretrained_trunk", "model.freeze_trunk"):
+                raise ValueError(
+                    f"target_settings.{t}: {key!r} cannot be set per target (the trunk is shared by every "
+                    "run, and the strategy keys belong in strategy_settings)"
+                )
+    for t in targets:
+        cfg = copy.deepcopy(dict(train))
+        for key, value in flatten_overrides(settings.get(t) or {}).items():
+            set_dotted(cfg, key, value)
+        prop = target_base(t)
+        model = dict(cfg.get("model") or {})
+        outputs = dict(model.get("outputs") or {})
+        loss_type = (cfg.get("loss") or {}).get("type", "frobenius")
+        kinds = dict(loss_type) if isinstance(loss_type, Mapping) else {p: loss_type for p in _PROPERTIES}
+        for p, kind in kinds.items():
+            if p not in _PROPERTIES:
+                raise ValueError(f"loss.type names {p!r} (target {t}); use property names {list(_PROPERTIES)}")
+            if kind == "log" and outputs.get(p, "linear") != "exp" and (isinstance(loss_type, Mapping) or p == prop):
+                raise ValueError(f"target {t}: loss.type 'log' of {p!r} needs model.outputs.{p}: exp")
+        for p, head in dict(model.get("heads") or {}).items():
+            if isinstance(head, Mapping) and head.get("parts") and p not in _PART_TARGETS.values():
+                raise ValueError(f"target {t}: model.heads.{p}.parts: {p!r} has no parts")
 
 
 def _check_overrides(strategy: str, over: Any, where: str) -> None:

@@ -27,6 +27,16 @@ Data of a run (``seed`` also draws the training subsample):
 
 Validation always uses the full validation set of the target; the test set is the full test set
 of the target, identical for all strategies, fractions and seeds (paired comparisons).
+
+Parts. A head with ``parts`` (``model.heads.dielectric.parts: true``, the shipped dielectric
+model's head) predicts the property's additive parts and their sum; its run trains on the part
+targets too (the loss of the total plus those of the parts, :mod:`irreptensor_ml.train.module`)
+and its record holds the metrics of every part beside those of the total (``val_parts``,
+``test_parts``: ``{"dielectric_electronic": {...}, "dielectric_ionic": {...}}``, the electronic
+part with the refractive-index MAE). A study target that is a part (``dielectric_electronic``) is
+reported from these: its runs are the runs of its property with that head, so a study with both
+``dielectric`` and ``dielectric_electronic`` trains each dielectric run once (:attr:`RunSpec.part`
+names the reported part and is not part of the run id).
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from irreptensor_ml.transfer.strategies import (
     starts_from_run,
     trunk_state_from_model_state,
 )
+from irreptensor_ml.data.records import PARTS, part_key
 from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
 
 logger = logging.getLogger(__name__)
@@ -101,6 +112,13 @@ class RunSpec:
             ``train_config``/``trunk_lr_scale``).
         min_train_steps: this run's lower bound on optimizer steps (:func:`epochs_for`);
             ``None``: the study's ``min_train_steps``.
+        part: the part of the target whose metrics the study reports for this run (``"electronic"``
+            for the study target ``dielectric_electronic``), or ``None`` for the total. It does not
+            change the run (its head predicts every part either way: ``model.heads.<target>.parts``
+            must be set), so it is left out of :attr:`run_id`: the runs of ``dielectric`` and
+            ``dielectric_electronic`` with the same settings are one run.
+        parts_fingerprint: :attr:`StudyData.parts_fingerprint` of the data, for runs with a head
+            that predicts parts (they train on the part targets); ``""`` otherwise.
     """
 
     kind: str
@@ -114,6 +132,8 @@ class RunSpec:
     data_fingerprint: str = ""
     candidate: int = 0
     min_train_steps: int | None = None
+    part: str | None = None
+    parts_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in RUN_KINDS:
@@ -133,6 +153,18 @@ class RunSpec:
             isinstance(self.min_train_steps, int) and self.min_train_steps >= 0
         ):
             raise ValueError(f"RunSpec.min_train_steps must be an integer >= 0, got {self.min_train_steps!r}")
+        if self.part is not None:
+            if self.part not in PARTS.get(self.target, ()):
+                raise ValueError(f"RunSpec.part: {self.target!r} has no part {self.part!r} "
+                                 f"(known: {list(PARTS.get(self.target, ()))})")
+            if self.target not in parts_heads(self.train_config):
+                raise ValueError(f"RunSpec.part={self.part!r} needs a head that predicts the parts "
+                                 f"(model.heads.{self.target}.parts: true)")
+
+    @property
+    def study_target(self) -> str:
+        """The target the study reports: ``target``, or ``"<target>_<part>"`` for a part."""
+        return self.target if self.part is None else part_key(self.target, self.part)
 
     def identity(self) -> dict[str, Any]:
         """The JSON-ready content hashed into :attr:`run_id` (execution-only settings removed)."""
@@ -146,8 +178,10 @@ class RunSpec:
             data.pop(key, None)
         cfg["data"] = data
         extra = {} if self.min_train_steps is None else {"min_train_steps": int(self.min_train_steps)}
+        if self.parts_fingerprint:
+            extra["parts_fingerprint"] = self.parts_fingerprint
         return {
-            **extra,  # only when set, so the ids of runs planned before the field existed stay valid
+            **extra,  # only when set, so the ids of runs planned before the fields existed stay valid
             "code_version": STUDY_CODE_VERSION,
             "kind": self.kind,
             "strategy": self.strategy,
@@ -188,30 +222,46 @@ class RunSpec:
 # ---------------------------------------------------------------------------------- data
 
 
+def parts_heads(train_config: Mapping[str, Any]) -> list[str]:
+    """Properties whose head in ``train_config["model"]["heads"]`` predicts the parts."""
+    heads = dict((train_config.get("model") or {}).get("heads") or {})
+    return [p for p, h in heads.items() if isinstance(h, Mapping) and h.get("parts") and PARTS.get(p)]
+
+
+def _target_keys(heads: Sequence[str], train_config: Mapping[str, Any]) -> list[str]:
+    """The run's heads and the part keys of those heads that predict parts (batch targets)."""
+    with_parts = set(parts_heads(train_config))
+    return [*heads, *[part_key(p, part) for p in heads if p in with_parts for part in PARTS[p]]]
+
+
 def run_datasets(spec: RunSpec, data: StudyData) -> dict[str, Any]:
     """The run's train / val / test :class:`GraphTargetDataset` and head properties.
 
-    Returns ``{"heads": [...], "train": ds, "val": ds, "test": ds, "n_train_target": int,
-    "n_train_materials": int}``.
+    Returns ``{"heads": [...], "keys": [...], "train": ds, "val": ds, "test": ds,
+    "n_train_target": int, "n_train_materials": int}``; ``keys`` are the heads and the part targets
+    of the heads that predict parts (the datasets hold them too).
     """
     strat = get_strategy(spec.strategy)
     heads = heads_for(strat, spec.target, list(PROPERTIES)) if spec.kind == "transfer" else [spec.target]
+    keys = _target_keys(heads, spec.train_config)
+    target_keys = _target_keys([spec.target], spec.train_config)
     kept = data.train_subset(spec.target, spec.fraction, spec.seed)
     if strat.all_heads and spec.kind == "transfer":
         all_train = data.indices("train")
         kept_set = set(kept)
         dropped = {k for k in data.indices("train", spec.target) if k not in kept_set}
-        train = data.dataset(all_train, heads, drop={spec.target: dropped}, id_property=spec.target)
+        train = data.dataset(all_train, keys, drop={k: dropped for k in target_keys}, id_property=spec.target)
     else:
-        train = data.dataset(kept, heads, id_property=spec.target)
-    val = data.dataset(data.indices("val", spec.target), heads, id_property=spec.target)
-    test = data.dataset(data.indices("test", spec.target), [spec.target], id_property=spec.target)
+        train = data.dataset(kept, keys, id_property=spec.target)
+    val = data.dataset(data.indices("val", spec.target), keys, id_property=spec.target)
+    test = data.dataset(data.indices("test", spec.target), target_keys, id_property=spec.target)
     if train.count(spec.target) == 0:
         raise ValueError(f"run {spec.run_id}: no training sample of {spec.target!r}")
     if len(val) == 0:
         raise ValueError(f"run {spec.run_id}: no validation sample of {spec.target!r}")
     return {
         "heads": heads,
+        "keys": keys,
         "train": train,
         "val": val,
         "test": test,
@@ -300,6 +350,30 @@ def _fit_normalizers(train: Any, heads: Sequence[str], irreps: Mapping[str, str]
     return {p: IrrepNormalizer().fit(train.targets(p), irreps[p]) for p in heads}
 
 
+def fit_targets(train: Any, heads: Sequence[str], train_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Physical training targets that fit the output maps of the heads that need them: those with
+    a non-linear output transform (``model.outputs.<p>: exp``) or with parts.
+
+    Returns ``{p: (n, dim)}`` and, for a head with parts, ``{"<p>_<part>": (n, dim)}`` over the
+    same rows: the training samples that have the total and every part (the module's loss uses
+    every sample; only the fit of the normalization needs complete rows). Linear heads without
+    parts are left out: their normalization is the physical normalizer (:func:`_fit_normalizers`,
+    the same numbers)."""
+    outputs = dict((train_config.get("model") or {}).get("outputs") or {})
+    with_parts = set(parts_heads(train_config))
+    out: dict[str, torch.Tensor] = {}
+    for p in heads:
+        if outputs.get(p, "linear") == "linear" and p not in with_parts:
+            continue
+        keys = [p, *(part_key(p, part) for part in PARTS[p])] if p in with_parts else [p]
+        rows = [t for _, t in train.samples if all(k in t for k in keys)]
+        if not rows:
+            raise ValueError(f"no training sample has {' and '.join(keys)}: cannot fit the output map of {p!r}")
+        for k in keys:
+            out[k] = torch.stack([t[k] for t in rows])
+    return out
+
+
 def study_node_features(
     data: StudyData,
     trunk: torch.nn.Module,
@@ -374,9 +448,12 @@ def execute_run(
     if threads:
         torch.set_num_threads(int(threads))
     lightning.seed_everything(int(spec.seed), workers=True, verbose=False)
+    if spec.parts_fingerprint and spec.parts_fingerprint != data.parts_fingerprint:
+        raise ValueError(f"run {spec.run_id} was planned for other part targets (parts fingerprint mismatch)")
     sets = run_datasets(spec, data)
-    heads = sets["heads"]
+    heads, keys = sets["heads"], sets["keys"]
     normalizers = _fit_normalizers(sets["train"], heads, data.irreps)
+    train_targets = fit_targets(sets["train"], heads, cfg)
     dtype = _DTYPES[str(cfg["data"].get("dtype", "float32"))]
     batch_size = int(cfg["data"]["batch_size"])
 
@@ -399,6 +476,7 @@ def execute_run(
         module = build_module(
             spec.strategy, spec.target, data.irreps, cfg, normalizers,
             trunk_state=trunk_state, trunk_lr_scale=spec.trunk_lr_scale, properties=heads,
+            train_targets=train_targets,
         )
     finally:
         torch.set_default_dtype(previous)
@@ -419,8 +497,8 @@ def execute_run(
     module.max_epochs = max_epochs  # cosine schedule length follows the scaled epochs
     best = BestState(module.monitor)
     trainer = _build_trainer(cfg, max_epochs, patience, module.monitor, best)
-    train_loader = _loader(sets["train"], data, heads, batch_size, dtype, shuffle=True)
-    val_loader = _loader(sets["val"], data, heads, batch_size, dtype, shuffle=False)
+    train_loader = _loader(sets["train"], data, keys, batch_size, dtype, shuffle=True)
+    val_loader = _loader(sets["val"], data, keys, batch_size, dtype, shuffle=False)
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     if best.state is None:
         raise ValueError(f"run {spec.run_id}: no finite validation loss in {len(best.history)} epochs")
@@ -428,12 +506,14 @@ def execute_run(
     module = module.cpu().eval()
 
     model = module.model
-    val_target = data.dataset(data.indices("val", spec.target), [spec.target], id_property=spec.target)
-    val_preds = collect_predictions(
-        model, _loader(val_target, data, [spec.target], eval_batch_size, dtype, shuffle=False),
+    target_keys = _target_keys([spec.target], cfg)
+    val_target = data.dataset(data.indices("val", spec.target), target_keys, id_property=spec.target)
+    val_all = compute_metrics(collect_predictions(
+        model, _loader(val_target, data, target_keys, eval_batch_size, dtype, shuffle=False),
         [spec.target],
-    )
-    val_metrics = compute_metrics(val_preds)[spec.target]
+    ))
+    val_metrics = val_all[spec.target]
+    val_parts = {k: {m: _finite(v) for m, v in val_all[k].items()} for k in target_keys[1:] if k in val_all}
     num_trainable = sum(p.numel() for g in module.param_groups() for p in g["params"])
     if real_trunk is not None:
         model.trunk = real_trunk  # the saved model predicts from structures
@@ -465,9 +545,11 @@ def execute_run(
     return {
         "run_id": spec.run_id,
         "status": "finished",
-        "spec": spec.to_dict(),
+        # the run, not the study target it was executed for (``part`` is not part of the run)
+        "spec": {**spec.to_dict(), "part": None},
         "train": train_info,
         "val": {k: _finite(v) for k, v in val_metrics.items()},
+        **({"val_parts": val_parts} if val_parts else {}),
         "wall_time_s": round(wall, 3),
         "device": _device_name(),
         "torch_threads": torch.get_num_threads(),
@@ -493,26 +575,37 @@ def evaluate_test(
 
     Returns ``(metrics, predictions)``: all metrics of :func:`irreptensor_ml.metrics.tensor_metrics`
     (physical units) and ``{"property", "sample_ids", "frobenius_error", "true_irreps",
-    "pred_irreps"}`` per test material, in the fixed order of the test set.
+    "pred_irreps"}`` per test material, in the fixed order of the test set. A model whose head
+    predicts parts adds ``predictions["parts"] = {"<target>_<part>": {"metrics", "sample_ids",
+    "frobenius_error", "true_irreps", "pred_irreps"}}`` (the test materials that have the part).
     """
     model, _, config = load_model(model_path)
     dtype = next(model.parameters()).dtype
     if _uses_cached_features(spec):
         model.trunk = _cached_trunk(data, model.trunk, spec.target, feature_cache_dir)
-    test = data.dataset(data.indices("test", spec.target), [spec.target], id_property=spec.target)
+    keys = [spec.target, *(part_key(spec.target, part) for part in model.outputs[spec.target].parts)]
+    test = data.dataset(data.indices("test", spec.target), keys, id_property=spec.target)
     if len(test) == 0:
         raise ValueError(f"no test sample of {spec.target!r}")
     preds = collect_predictions(
-        model, _loader(test, data, [spec.target], eval_batch_size, dtype, shuffle=False),
+        model, _loader(test, data, keys, eval_batch_size, dtype, shuffle=False),
         [spec.target],
     )
-    p = preds[spec.target]
-    metrics = {k: _finite(v) for k, v in compute_metrics(preds)[spec.target].items()}
-    err = frobenius_norm(p.pred - p.true)
-    return metrics, {
-        "property": spec.target,
-        "sample_ids": list(p.material_ids),
-        "frobenius_error": [float(e) for e in err],
-        "true_irreps": np.asarray(p.true_irreps).tolist(),
-        "pred_irreps": np.asarray(p.pred_irreps).tolist(),
-    }
+    all_metrics = compute_metrics(preds)
+
+    def entry(key: str) -> dict[str, Any]:
+        p = preds[key]
+        return {
+            "sample_ids": list(p.material_ids),
+            "frobenius_error": [float(e) for e in frobenius_norm(p.pred - p.true)],
+            "true_irreps": np.asarray(p.true_irreps).tolist(),
+            "pred_irreps": np.asarray(p.pred_irreps).tolist(),
+        }
+
+    metrics = {k: _finite(v) for k, v in all_metrics[spec.target].items()}
+    out = {"property": spec.target, **entry(spec.target)}
+    parts = {k: {"metrics": {m: _finite(v) for m, v in all_metrics[k].items()}, **entry(k)}
+             for k in keys[1:] if k in preds}
+    if parts:
+        out["parts"] = parts
+    return metrics, out

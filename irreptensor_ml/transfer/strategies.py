@@ -138,7 +138,8 @@ def foundation_model_config(
     settings, ``{"trunk": FoundationTrunk arguments, "head": head config}``): ``model`` with its trunk replaced by the
     foundation trunk (``foundation["trunk"]``; the graph ``cutoff`` kept for the check of
     :func:`~irreptensor_ml.model.build_trunk`) and the target's head set to
-    ``foundation["head"]``."""
+    ``foundation["head"]`` (``target`` is a property; ``model.outputs`` and the loss settings are
+    kept, and the study adds ``parts`` where its targets need them)."""
     out = copy.deepcopy(dict(model))
     trunk = {k: v for k, v in dict(foundation.get("trunk") or {}).items() if v is not None}
     if "foundation" not in trunk:
@@ -174,7 +175,10 @@ class TransferLightningModule(TensorLightningModule):
             ``optim.lr``. Ignored when the trunk is frozen.
         freeze_trunk: exclude the trunk from optimisation (``requires_grad = False``).
         monitor_property: the property whose validation loss selects the best epoch
-            (:attr:`monitor` = ``"val/loss_<property>"``).
+            (:attr:`monitor` = ``"val/loss_<property>"``; for a head with parts, the loss of the
+            total plus those of the parts).
+        train_targets: physical training targets that fit the output maps of heads with an
+            ``exp`` output or with parts (see :class:`TensorLightningModule`).
     """
 
     def __init__(
@@ -190,8 +194,10 @@ class TransferLightningModule(TensorLightningModule):
         trunk_lr_scale: float = 1.0,
         freeze_trunk: bool = False,
         monitor_property: str | None = None,
+        train_targets: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        super().__init__(irreps, model, loss, optim, normalizers, max_epochs, run_config)
+        super().__init__(irreps, model, loss, optim, normalizers, max_epochs, run_config,
+                         train_targets=train_targets)
         if not (isinstance(trunk_lr_scale, (int, float)) and trunk_lr_scale > 0 and math.isfinite(trunk_lr_scale)):
             raise ValueError(f"trunk_lr_scale must be a finite number > 0, got {trunk_lr_scale!r}")
         monitor_property = monitor_property or next(iter(irreps))
@@ -242,6 +248,7 @@ def build_module(
     trunk_state: Mapping[str, torch.Tensor] | None = None,
     trunk_lr_scale: float = 1.0,
     properties: Sequence[str] | None = None,
+    train_targets: Mapping[str, torch.Tensor] | None = None,
 ) -> TransferLightningModule:
     """Build the Lightning module of one strategy.
 
@@ -261,6 +268,14 @@ def build_module(
         trunk_lr_scale: trunk learning-rate factor (only ``finetune`` and
             ``foundation-finetune`` may use a value != 1).
         properties: study properties (default: all keys of ``irreps``).
+        train_targets: ``{key: (n, dim)}`` physical training targets fitting the output maps of
+            the heads with an ``exp`` output or with parts (``"<property>_<part>"`` keys for the
+            parts; :func:`irreptensor_ml.transfer.runner.fit_targets`); the other heads use
+            ``normalizers``.
+
+    The training config's per-property settings -- ``model.heads``, ``model.outputs``,
+    ``loss.weights`` and a per-property ``loss.type`` mapping -- are restricted to the run's heads,
+    so one study config serves runs with different heads (single-task and multitask).
     """
     strat = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
     props = list(properties) if properties is not None else list(irreps)
@@ -284,8 +299,15 @@ def build_module(
         )
     model_cfg = dict(train_config["model"])
     model_cfg["heads"] = {p: v for p, v in dict(model_cfg.get("heads") or {}).items() if p in heads}
+    if model_cfg.get("outputs"):
+        model_cfg["outputs"] = {p: v for p, v in dict(model_cfg["outputs"]).items() if p in heads}
     loss_cfg = dict(train_config.get("loss") or {})
     loss_cfg["weights"] = {p: w for p, w in dict(loss_cfg.get("weights") or {}).items() if p in heads}
+    if isinstance(loss_cfg.get("type"), Mapping):
+        loss_cfg["type"] = {p: t for p, t in dict(loss_cfg["type"]).items() if p in heads}
+    from irreptensor_ml.transfer.studydata import target_property
+
+    fit = {k: v for k, v in dict(train_targets or {}).items() if target_property(k)[0] in heads}
     module = TransferLightningModule(
         {p: irreps[p] for p in heads},
         model=model_cfg,
@@ -297,6 +319,7 @@ def build_module(
         trunk_lr_scale=trunk_lr_scale,
         freeze_trunk=not strat.train_trunk,
         monitor_property=target,
+        train_targets=fit or None,
     )
     if trunk_state is not None:
         missing_keys, unexpected = module.model.trunk.load_state_dict(dict(trunk_state), strict=False)

@@ -32,7 +32,9 @@ Phases of :func:`run_study`:
    mean validation Frobenius MAE is chosen per (strategy, target) -- the same number of candidates
    for every strategy;
 3. final runs: every strategy x target x fraction x seed with the chosen settings, each
-   evaluated ONCE on the test set (a final run equal to a tuning run reuses it);
+   evaluated ONCE on the test set (a final run equal to a tuning run reuses it; a part target
+   such as ``dielectric_electronic`` reuses the runs of its property when their settings agree,
+   see :mod:`.runner`);
 4. statistics and report (:mod:`.stats`, :mod:`.report`).
 
 With ``workers > 1`` runs execute in that many spawned processes (each loads the study data
@@ -56,10 +58,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from irreptensor_ml.train.config import load_config, validate_config
-from irreptensor_ml.transfer.presets import flatten_overrides, set_dotted
-from irreptensor_ml.transfer.runner import RunSpec
-from irreptensor_ml.transfer.strategies import foundation_model_config, get_strategy
-from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
+from irreptensor_ml.transfer.presets import _PRETRAINED, flatten_overrides, set_dotted, strategies_for
+from irreptensor_ml.transfer.runner import RunSpec, parts_heads
+from irreptensor_ml.transfer.strategies import foundation_model_config, get_strategy, heads_for
+from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData, target_property
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +141,16 @@ class RunStore:
         return _atomic_json(self.record_path(str(record["run_id"])), record)
 
     def save_test(self, run_id: str, metrics: Mapping[str, Any], predictions: Mapping[str, Any]) -> None:
-        """Add test metrics to the record and write the per-material predictions."""
+        """Add test metrics to the record and write the per-material predictions (a model with
+        parts: their metrics, ``predictions["parts"][key]["metrics"]``, go to ``test_parts``)."""
         rec = self.load(run_id)
         if rec is None:
             raise ValueError(f"run {run_id} has no stored record; train it first")
         _atomic_json(self.predictions_path(run_id), predictions)
         rec["test"] = dict(metrics)
+        parts = predictions.get("parts") or {}
+        if parts:
+            rec["test_parts"] = {k: dict(v.get("metrics") or {}) for k, v in parts.items()}
         rec["test_evaluated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.save(rec)
 
@@ -216,7 +222,7 @@ class Task:
     def label(self) -> str:
         s = self.spec
         name = "pretrain" if s.kind == "pretrain" else s.strategy
-        return f"{name:9s} {s.target:13s} f={s.fraction:<5g} seed={s.seed} cand={s.candidate}"
+        return f"{name:9s} {s.study_target:13s} f={s.fraction:<5g} seed={s.seed} cand={s.candidate}"
 
 
 def base_train_config(config: Mapping[str, Any], data: StudyData) -> dict[str, Any]:
@@ -253,8 +259,12 @@ def pretrain_seed(config: Mapping[str, Any], seed: int) -> int:
 
 def pretraining_needed(config: Mapping[str, Any]) -> bool:
     """Whether the study runs its pretraining phase: unless the pretraining property is itself a
-    target (validation then guarantees that no strategy reuses the pretrained trunk)."""
-    return config["pretrain"]["property"] not in config["targets"]
+    target and no other target has a strategy that reuses the pretrained trunk (validation
+    guarantees that the pretraining property's own strategies do not)."""
+    pre = config["pretrain"]["property"]
+    return pre not in config["targets"] or any(
+        s in _PRETRAINED for t in config["targets"] if t != pre for s in strategies_for(config, t)
+    )
 
 
 def plan_pretrain(config: Mapping[str, Any], data: StudyData) -> dict[int, RunSpec]:
@@ -297,29 +307,49 @@ def make_spec(
     candidate's overrides; the other strategies' specs do not depend on ``foundation``.
     A strategy with ``start_from`` starts from the run of that strategy with the same target,
     fraction and seed and its ``selection``-chosen candidate (candidate 0 without a selection);
-    its ``min_train_steps`` setting replaces the study's for its runs."""
+    its ``min_train_steps`` setting replaces the study's for its runs.
+
+    ``target`` is a study target: a property, or a part (``dielectric_electronic``), whose run is
+    its property's run (:attr:`RunSpec.part` set). The target's ``target_settings`` apply before
+    the candidate's overrides; the head of every property with a part among the study's targets
+    predicts the parts (``model.heads.<property>.parts``), so the runs of a property and of its
+    part are one run when their settings agree."""
     strat = get_strategy(strategy)
+    prop, part = target_property(target)
     over = dict(candidates(config, strategy)[candidate])
     source = over.pop("start_from", None)
     min_steps = over.pop("min_train_steps", None)
     base = base_train_config(config, data)
     if strat.foundation:
-        base["model"] = foundation_model_config(base["model"], config["foundation"], target)
+        base["model"] = foundation_model_config(base["model"], config["foundation"], prop)
+    for key, value in flatten_overrides((config.get("target_settings") or {}).get(target) or {}).items():
+        set_dotted(base, key, value)
+    heads = heads_for(strat, prop, list(PROPERTIES))
+    with_parts = {target_property(t)[0] for t in config["targets"] if target_property(t)[1] is not None}
+    for p in heads:
+        if p in with_parts:
+            set_dotted(base, f"model.heads.{p}.parts", True)
     cfg, scale = _apply(base, over, seed)
+    parts_fp = data.parts_fingerprint if set(heads) & set(parts_heads(cfg)) else ""
+    if set(heads) & set(parts_heads(cfg)) and not parts_fp:
+        raise ValueError(f"target {target!r}: the {strategy} runs' head(s) {sorted(set(heads) & set(parts_heads(cfg)))} "
+                         "predict parts, but the study data hold no part targets (a cache exported before "
+                         "the parts were kept? export it again with --export-cache)")
     pre_id = pretrain[pretrain_seed(config, seed)].run_id if strat.pretrained_trunk else None
     if source is not None:
         k = int(selection[target][source]["chosen"]) if selection else 0
         pre_id = make_spec(config, data, pretrain, source, target, fraction, seed, k, selection).run_id
     return RunSpec(
-        "transfer", strategy, target, float(fraction), int(seed), cfg, trunk_lr_scale=scale,
+        "transfer", strategy, prop, float(fraction), int(seed), cfg, trunk_lr_scale=scale,
         pretrain_id=pre_id, data_fingerprint=data.fingerprint, candidate=int(candidate),
-        min_train_steps=None if min_steps is None else int(min_steps),
+        min_train_steps=None if min_steps is None else int(min_steps), part=part,
+        parts_fingerprint=parts_fp,
     )
 
 
 def tuning_needed(config: Mapping[str, Any]) -> bool:
     """True if some strategy has more than one candidate."""
-    return any(len(candidates(config, s)) > 1 for s in config["strategies"])
+    return any(len(candidates(config, s)) > 1 for t in config["targets"] for s in strategies_for(config, t))
 
 
 def plan_trials(config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec]) -> list[RunSpec]:
@@ -330,7 +360,7 @@ def plan_trials(config: Mapping[str, Any], data: StudyData, pretrain: Mapping[in
     return [
         make_spec(config, data, pretrain, strat, target, float(t["fraction"]), int(seed), k)
         for target in config["targets"]
-        for strat in config["strategies"]
+        for strat in strategies_for(config, target)
         if start_from(config, strat) is None
         for k in range(len(candidates(config, strat)))
         for seed in t["seeds"]
@@ -343,22 +373,23 @@ def selection_from_records(
     """Chosen candidate per (target, strategy): lowest mean validation Frobenius MAE.
 
     Returns ``{target: {strategy: {"chosen": k, "val_frobenius_mae": [mean per candidate],
-    "overrides": [...]}}}``. Without tuning every choice is candidate 0.
+    "overrides": [...]}}}``. Without tuning every choice is candidate 0. A part target is scored
+    on the validation metrics of its part (the record's ``val_parts``).
     """
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for target in config["targets"]:
         out[target] = {}
-        for strat in config["strategies"]:
+        for strat in strategies_for(config, target):
             cands = candidates(config, strat)
             scores: list[float | None] = []
             for k in range(len(cands)):
                 vals = []
                 for spec in trials:
-                    if spec.target == target and spec.strategy == strat and spec.candidate == k:
+                    if spec.study_target == target and spec.strategy == strat and spec.candidate == k:
                         rec = store.load(spec.run_id)
                         if rec is None:
                             raise ValueError(f"tuning run {spec.run_id} has not finished")
-                        v = rec["val"].get("frobenius_mae")
+                        v = val_metrics(rec, target).get("frobenius_mae")
                         vals.append(float("inf") if v is None else float(v))
                 scores.append(sum(vals) / len(vals) if vals else None)
             valid = [(s, k) for k, s in enumerate(scores) if s is not None]
@@ -367,14 +398,23 @@ def selection_from_records(
     return out
 
 
+def val_metrics(record: Mapping[str, Any], target: str) -> dict[str, Any]:
+    """A run record's validation metrics of a study target (a part: from ``val_parts``)."""
+    if target_property(target)[1] is None:
+        return dict(record.get("val") or {})
+    return dict((record.get("val_parts") or {}).get(target) or {})
+
+
 def plan_runs(
     config: Mapping[str, Any], data: StudyData, pretrain: Mapping[int, RunSpec],
     selection: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> list[RunSpec]:
-    """Final runs: strategy x target x fraction x seed with the selected candidates."""
+    """Final runs: strategy x target x fraction x seed with the selected candidates (the
+    strategies of each target, :func:`~irreptensor_ml.transfer.presets.strategies_for`). A run
+    shared by a property and its part target is listed for each (same run id)."""
     out = []
     for target in config["targets"]:
-        for strat in config["strategies"]:
+        for strat in strategies_for(config, target):
             k = int(selection[target][strat]["chosen"]) if selection else 0
             for f in config["fractions"]:
                 for seed in config["seeds"]:
@@ -426,7 +466,8 @@ def needs(task: Task, store: RunStore) -> str | None:
     rec = store.load(task.run_id)
     if rec is None:
         return "train"
-    if task.final and "test" not in rec:
+    part = task.spec.study_target if task.spec.part else None
+    if task.final and ("test" not in rec or (part and part not in (rec.get("test_parts") or {}))):
         return "test" if store.model_path(task.run_id).is_file() else "train"
     return None
 
@@ -620,13 +661,13 @@ def run_study(
 
     if dry_run:
         finals = plan_runs(cfg, data, pretrain) if not trials else []
-        tasks = pre_tasks + trial_tasks + [Task(s, True, "final") for s in finals]
+        tasks = list({t.run_id: t for t in pre_tasks + trial_tasks + [Task(s, True, "final") for s in finals]}.values())
         todo = [t for t in tasks if needs(t, store)]
+        n_final = sum(len(strategies_for(cfg, t)) for t in cfg["targets"]) * len(cfg["fractions"]) * len(cfg["seeds"])
         plan = {
             "results_dir": str(root), "data_fingerprint": data.fingerprint, "counts": data.counts(),
-            "pretrain_runs": len(pre_tasks), "tuning_runs": len(trial_tasks),
-            "final_runs": len(finals) if not trials else "after tuning "
-            f"({len(cfg['strategies']) * len(cfg['targets']) * len(cfg['fractions']) * len(cfg['seeds'])})",
+            "pretrain_runs": len(pre_tasks), "tuning_runs": len({s.run_id for s in trials}),
+            "final_runs": len({s.run_id for s in finals}) if not trials else f"after tuning (at most {n_final})",
             "to_do_now": len(todo), "stored": len(tasks) - len(todo),
         }
         log(json.dumps(plan, indent=1))

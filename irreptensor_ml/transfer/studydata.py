@@ -11,6 +11,15 @@ record uids merged into it -- built once by :class:`~irreptensor_ml.data.TensorD
 * :meth:`StudyData.dataset` -- a :class:`~irreptensor_ml.data.GraphTargetDataset` with only the
   requested targets.
 
+Besides the properties, the samples keep the additive *parts* of a property's tensor that the data
+files give (:data:`irreptensor_ml.data.records.PARTS`: the dielectric tensor's electronic and
+ionic parts), under the data module's keys ``"<property>_<part>"`` (``"dielectric_electronic"``,
+the refractive-index quantity). Every selection method takes such a part key wherever it takes a
+property (:func:`target_property` maps it to its property). The parts are left out of
+:attr:`StudyData.fingerprint` (so the run ids of studies that do not use them stay what they were)
+and hashed into :attr:`StudyData.parts_fingerprint` instead, which the runs that train on them
+carry in their ids.
+
 Because the split sides come from the data module's union split (one split over the materials
 of ALL data files, see :mod:`irreptensor_ml.data.splits`), a material in the test set of any
 property is in no property's training or validation set -- including the elastic pretraining
@@ -39,17 +48,31 @@ from irreptensor_ml.data.batch import collate
 from irreptensor_ml.data.cache import hash_parts
 from irreptensor_ml.data.datamodule import GraphTargetDataset
 from irreptensor_ml.data.graphs import CrystalGraph, pack_graphs, unpack_graphs
+from irreptensor_ml.data.records import PARTS, part_key
 
-__all__ = ["CACHE_FORMAT", "PROPERTIES", "StudyData", "subsample_keys"]
+__all__ = ["CACHE_FORMAT", "PART_TARGETS", "PROPERTIES", "StudyData", "subsample_keys", "target_property"]
 
 #: ``format`` entry of an exported cache file.
 CACHE_FORMAT = "irreptensor_ml.transfer.studydata"
 CACHE_FORMAT_VERSION = 1
 #: properties a study data object always holds (the pretraining and the target properties).
 PROPERTIES: tuple[str, ...] = ("elastic", "dielectric", "piezoelectric")
+#: ``{part key: (property, part)}`` of the properties' additive parts (``"dielectric_electronic"``
+#: -> ``("dielectric", "electronic")``); mirrors :data:`irreptensor_ml.data.records.PARTS`.
+PART_TARGETS: dict[str, tuple[str, str]] = {
+    part_key(p, part): (p, part) for p in PROPERTIES for part in PARTS.get(p, ())
+}
 SIDES: tuple[str, ...] = ("train", "val", "test")
 #: data-config entries that do not change the data (left out of the fingerprint).
 _NOT_CONTENT = ("cache_dir", "num_workers", "progress", "batch_size", "dtype")
+
+
+def target_property(key: str) -> tuple[str, str | None]:
+    """``(property, part)`` of a target key: ``"dielectric_electronic"`` -> ``("dielectric",
+    "electronic")``, ``"dielectric"`` -> ``("dielectric", None)``."""
+    if key in PART_TARGETS:
+        return PART_TARGETS[key]
+    return key, None
 
 
 def subsample_keys(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
@@ -74,7 +97,8 @@ class StudyData:
     Attributes:
         graphs: one :class:`CrystalGraph` per sample.
         targets: per sample ``{property: Tensor(dim,) float64}`` (physical irrep units) for the
-            properties measured on that exact structure.
+            properties measured on that exact structure, plus ``{"<property>_<part>": ...}`` for
+            the parts of a property the data give (:data:`PART_TARGETS`).
         material_keys: material key per sample (the union split's grouping).
         sides: ``"train"``, ``"val"`` or ``"test"`` per sample.
         record_uids: per sample the record uids (``"<file>:<material_id>"``) merged into it.
@@ -101,10 +125,14 @@ class StudyData:
         if bad:
             raise ValueError(f"StudyData: unknown split side(s) {bad}; expected {SIDES}")
         for k, t in enumerate(self.targets):
-            unknown = sorted(set(t) - set(self.irreps))
+            unknown = sorted(key for key in t if target_property(key)[0] not in self.irreps)
             if unknown:
                 raise ValueError(f"StudyData: sample {k} has target(s) {unknown} without irreps")
+            orphans = sorted(key for key in t if key not in self.irreps and target_property(key)[0] not in t)
+            if orphans:
+                raise ValueError(f"StudyData: sample {k} has part target(s) {orphans} without their property")
         self._fingerprint: str | None = None
+        self._parts_fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -132,10 +160,10 @@ class StudyData:
                 raise ValueError("data module is not set up; call setup() first")
             for (graph, tgt), key, rec in zip(ds.samples, ds.material_keys, ds.record_uids):
                 graphs.append(graph)
-                # the study's targets are the properties; the dielectric parts (electronic, ionic
-                # targets of the data module) are not study targets yet
+                # the properties and their parts (dielectric_electronic, dielectric_ionic)
                 targets.append(
-                    {p: torch.as_tensor(v, dtype=torch.float64) for p, v in tgt.items() if p in dm.irreps}
+                    {p: torch.as_tensor(v, dtype=torch.float64) for p, v in tgt.items()
+                     if target_property(p)[0] in dm.irreps}
                 )
                 keys.append(str(key))
                 sides.append(side)
@@ -170,11 +198,11 @@ class StudyData:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write one weights-only ``torch.save`` file (atomically); returns its path."""
-        props = list(self.irreps)
+        props = list(self.irreps) + self.part_keys()
         n = len(self)
         target_tensors, masks = {}, {}
         for p in props:
-            t = torch.zeros(n, _dim(self.irreps[p]), dtype=torch.float64)
+            t = torch.zeros(n, _dim(self.irreps[target_property(p)[0]]), dtype=torch.float64)
             m = torch.zeros(n, dtype=torch.bool)
             for k, tgt in enumerate(self.targets):
                 if p in tgt:
@@ -219,8 +247,10 @@ class StudyData:
         if int(payload.get("format_version", 0)) > CACHE_FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has a newer cache format than this code supports")
         graphs = unpack_graphs(payload["graphs"], payload["graph_ids"])
+        # the properties first, then their parts (files written before the parts were kept have none)
+        keys = list(payload["irreps"]) + [p for p in payload["targets"] if p not in payload["irreps"]]
         targets = [
-            {p: payload["targets"][p][k].clone() for p in payload["irreps"] if bool(payload["masks"][p][k])}
+            {p: payload["targets"][p][k].clone() for p in keys if bool(payload["masks"][p][k])}
             for k in range(len(graphs))
         ]
         data = cls(
@@ -236,7 +266,9 @@ class StudyData:
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the content: data settings, sides, keys, uids, graphs and targets.
 
-        The same data give the same fingerprint on every machine; it is part of every run id.
+        The same data give the same fingerprint on every machine; it is part of every run id. The
+        part targets are not hashed here (:attr:`parts_fingerprint`), so data with and without
+        them have the same fingerprint.
         """
         if self._fingerprint is None:
             h = hashlib.sha256()
@@ -246,19 +278,51 @@ class StudyData:
             for g, t, key, side, uids in zip(
                 self.graphs, self.targets, self.material_keys, self.sides, self.record_uids
             ):
-                h.update(json.dumps([key, side, uids, sorted(t)]).encode())
-                for x in (g.species, g.pos, g.lattice, g.edge_index, g.edge_shift, *[t[p] for p in sorted(t)]):
+                props = sorted(p for p in t if p in self.irreps)
+                h.update(json.dumps([key, side, uids, props]).encode())
+                for x in (g.species, g.pos, g.lattice, g.edge_index, g.edge_shift, *[t[p] for p in props]):
                     h.update(x.contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @property
+    def parts_fingerprint(self) -> str:
+        """SHA-256 (hex) of the part targets (sample index, key, values) with :attr:`fingerprint`;
+        ``""`` when the data hold no parts. Part of the run id of every run that trains or
+        evaluates a head with parts."""
+        if getattr(self, "_parts_fingerprint", None) is None:
+            keys = self.part_keys()
+            if not keys:
+                self._parts_fingerprint = ""
+            else:
+                h = hashlib.sha256(self.fingerprint.encode())
+                for k, t in enumerate(self.targets):
+                    present = [p for p in keys if p in t]
+                    if present:
+                        h.update(json.dumps([k, present]).encode())
+                        for p in present:
+                            h.update(t[p].contiguous().numpy().tobytes())
+                self._parts_fingerprint = h.hexdigest()
+        return self._parts_fingerprint
+
+    def part_keys(self) -> list[str]:
+        """The part targets present in the data (``["dielectric_electronic", ...]``), in
+        :data:`PART_TARGETS` order."""
+        present = {p for t in self.targets for p in t if p not in self.irreps}
+        return [p for p in PART_TARGETS if p in present]
+
     # ------------------------------------------------------------------ selection
     def _check_property(self, prop: str) -> None:
-        if prop not in self.irreps:
+        base, part = target_property(prop)
+        if base not in self.irreps:
             raise ValueError(f"unknown property {prop!r}; this study data has {sorted(self.irreps)}")
+        if part is not None and prop not in self.part_keys():
+            raise ValueError(f"this study data has no {part} part of {base!r} (the data files or the cache "
+                             "file lack it; caches exported before the parts were kept have none)")
 
     def indices(self, side: str, prop: str | None = None) -> list[int]:
-        """Indices of the samples on ``side`` that have a target for ``prop`` (any, if ``None``)."""
+        """Indices of the samples on ``side`` that have a target for ``prop`` (any, if ``None``);
+        ``prop`` may be a part key (``"dielectric_electronic"``)."""
         if side not in SIDES:
             raise ValueError(f"unknown split side {side!r}; expected one of {SIDES}")
         if prop is not None:
@@ -278,6 +342,7 @@ class StudyData:
     def sample_id(self, index: int, prop: str) -> str:
         """Unique id of a sample for one property: the uid of its ``prop`` record."""
         uids = self.record_uids[index]
+        prop = target_property(prop)[0]  # a part is measured on its property's record
         for u in uids:
             if u.split(":", 1)[0].startswith(prop + "_"):
                 return u
@@ -327,12 +392,13 @@ class StudyData:
                 )
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{property: {side: number of samples}}``."""
-        return {p: {s: len(self.indices(s, p)) for s in SIDES} for p in self.irreps}
+        """``{property: {side: number of samples}}`` (and the same for every part key present)."""
+        return {p: {s: len(self.indices(s, p)) for s in SIDES} for p in [*self.irreps, *self.part_keys()]}
 
     def collate_fn(self, properties: Sequence[str], dtype: torch.dtype = torch.float32) -> Any:
-        """A picklable collate function for ``properties`` casting floats to ``dtype``."""
-        dims = {p: _dim(self.irreps[p]) for p in properties}
+        """A picklable collate function for ``properties`` (part keys allowed) casting floats to
+        ``dtype``."""
+        dims = {p: _dim(self.irreps[target_property(p)[0]]) for p in properties}
         return functools.partial(_collate_cast, dims=dims, dtype=dtype)
 
 
