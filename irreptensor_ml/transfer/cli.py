@@ -4,6 +4,9 @@ Examples::
 
     irreptensor-ml transfer --preset quick                      # ~quick study on the shipped data, prints the table
     irreptensor-ml transfer --preset full-cpu                   # full protocol, small model, 2 CPU cores
+    irreptensor-ml transfer --preset learn-cpu                  # rerun on the tuned per-property models
+                                                                # (dielectric, its electronic part,
+                                                                # piezoelectric; + foundation-frozen), 2 cores
     irreptensor-ml transfer --preset full --workers 8           # full study (GPU if present), resumable
     irreptensor-ml transfer --preset foundation                 # SevenNet-0 trunk vs scratch (foundation extra)
     irreptensor-ml transfer --preset full --export-cache full.pt        # on a machine with pymatgen
@@ -60,7 +63,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_transfer_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``transfer`` subcommand to the main CLI's subparsers (sets ``func``)."""
     p = subparsers.add_parser(
-        "transfer", help="transfer-learning study (elastic -> dielectric / piezoelectric)",
+        "transfer", help="transfer-learning study (elastic -> dielectric (total, electronic) / piezoelectric)",
         description="Run the transfer-learning study: pretrain on elastic tensors, transfer to the "
                     "target tensors with five strategies, report learning curves with bootstrap intervals.",
     )
