@@ -148,7 +148,8 @@ def test_shipped_pretrained_models_predict_by_default(cif_path: Path, prop: str)
     tensor = np.asarray(out[0]) if isinstance(out, list) else np.asarray(out)
     assert tensor.shape[-rank:] == (3,) * rank and np.isfinite(tensor).all()
     err = card["test_metrics"]["frobenius_mae"]
-    below = any(err >= b["frobenius_mae"] for b in card["baselines"].values())
+    # baselines without a tensor (the piezoelectric norm forest) have no Frobenius MAE
+    below = any(err >= b["frobenius_mae"] for b in card["baselines"].values() if "frobenius_mae" in b)
     assert below == any("does not beat the trivial baseline" in str(w.message) for w in caught)
 
 
