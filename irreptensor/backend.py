@@ -68,6 +68,14 @@ def to_numpy64(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def as_numpy(x: Any) -> Any:
+    """``x`` for numpy-only code: torch tensors as float64 numpy (detached), ndarray subclasses (pymatgen
+    tensors) as plain ndarrays; anything else (lists, numpy arrays) unchanged."""
+    if is_torch(x):
+        return to_numpy64(x)
+    return np.asarray(x) if isinstance(x, np.ndarray) else x
+
+
 def take_last(x: Any, index: np.ndarray):
     """``x[..., index]`` for numpy or torch with a cached integer index."""
     if is_torch(x):

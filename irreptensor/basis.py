@@ -125,7 +125,8 @@ def parse_irreps(irreps_str: str) -> list[tuple[int, int, int]]:
 
 
 @lru_cache(maxsize=None)
-def _blocks(irreps_str: str) -> tuple[IrrepBlock, ...]:
+def irreps_blocks(irreps_str: str) -> tuple[IrrepBlock, ...]:
+    """The irrep copies of an e3nn irreps string in coordinate order, e.g. ``irreps_blocks("2x0e+1x4e")``."""
     blocks = []
     i = 0
     for mul, l, p in parse_irreps(irreps_str):
@@ -138,7 +139,7 @@ def _blocks(irreps_str: str) -> tuple[IrrepBlock, ...]:
 
 def blocks(kind: str | TensorKind, *, parity: int | None = None) -> tuple[IrrepBlock, ...]:
     """The irrep copies of a kind in coordinate order, e.g. 5 blocks ``0e[0], 0e[1], 2e[0], 2e[1], 4e`` for elastic."""
-    return _blocks(irreps(kind, parity=parity))
+    return irreps_blocks(irreps(kind, parity=parity))
 
 
 def dim(kind: str | TensorKind, *, parity: int | None = None) -> int:

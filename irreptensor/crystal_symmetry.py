@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .backend import check_tolerance, is_torch, to_numpy64
-from .decomposition import _cartesian, compose, decompose
+from .backend import as_numpy, check_tolerance, is_torch, to_numpy64
+from .decomposition import compose, decompose
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, kind_last, required_kind
 from .rotation import check_rotation
+from .voigt import as_cartesian
 
 __all__ = ["symmetrize", "symmetry_residual", "point_group_ops", "group_closure", "group_projector"]
 
@@ -194,10 +195,8 @@ def group_projector(ops: Any, kind: str | TensorKind, *, symprec: float = 0.01) 
 
 def _prepare(T: Any, kind: str):
     k = get_kind(kind)
-    from .harmonic import _as_numpy
-
-    T0 = np.asarray(_as_numpy(T))
-    Tc, batch = _cartesian(T0, k)
+    T0 = np.asarray(as_numpy(T))
+    Tc, batch = as_cartesian(T0, k)
     voigt_in = tuple(T0.shape) != tuple(Tc.shape)
     return k, Tc, batch, voigt_in
 

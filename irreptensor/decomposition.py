@@ -18,31 +18,12 @@ import numpy as np
 from .backend import as_float_array, batch_index, check_tolerance, constant, is_torch, non_finite_error, to_numpy64
 from .basis import float_basis
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .voigt import as_cartesian
 
 __all__ = ["decompose", "compose", "DEFAULT_SYMMETRY_TOL"]
 
 DEFAULT_SYMMETRY_TOL = 1e-6
 """Largest relative asymmetry ``|T - P T|_F / |T|_F`` accepted without ``symmetrize=True``."""
-
-
-def _cartesian(T: Any, k: TensorKind):
-    """Return the Cartesian array and the batch shape; converts Voigt input of named kinds (unchecked: the
-    callers check finiteness and symmetry themselves)."""
-    T = as_float_array(T, f"{k.name} tensor")
-    shape = tuple(T.shape)
-    r = k.rank
-    if shape[len(shape) - r:] == k.cartesian_shape and len(shape) >= r:
-        return T, shape[: len(shape) - r]
-    if k.voigt_shape is not None:
-        nv = len(k.voigt_shape)
-        if shape[len(shape) - nv:] == k.voigt_shape and len(shape) >= nv:
-            from .voigt import _from
-
-            return _from(T, k, float(k.voigt_weight), check=False, finite=False), shape[: len(shape) - nv]
-        expected = f"{k.cartesian_shape} (Cartesian) or {k.voigt_shape} (Voigt)"
-    else:
-        expected = f"{k.cartesian_shape}"
-    raise ValueError(f"{k.name} tensor must have trailing shape {expected}, got shape {shape}")
 
 
 def _first_bad(mask: np.ndarray, batch: tuple[int, ...]) -> str:
@@ -74,7 +55,7 @@ def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: boo
     """
     k = get_kind(required_kind(kind, "decompose(T, kind)"), parity=parity)
     tol = DEFAULT_SYMMETRY_TOL if tol is None else check_tolerance(tol, "tol")
-    T, batch = _cartesian(T, k)
+    T, batch = as_cartesian(T, k)
     Q = float_basis(k)
     flat = T.reshape(-1, Q.shape[1])
     if is_torch(flat):

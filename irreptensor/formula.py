@@ -100,3 +100,17 @@ def _projector(text: str) -> np.ndarray:
     P /= len(f.group)
     P.setflags(write=False)
     return P
+
+
+_SYMMETRIC = {2: "ij=ji", 3: "ijk=jik=ikj", 4: "ijkl=jikl=ikjl=ijlk"}
+
+
+def symmetric_formula(rank: int) -> str:
+    """The formula of the totally symmetric tensors of rank ``rank >= 2`` (adjacent transpositions), e.g.
+    ``"ijk=jik=ikj"``; its top irrep ``l = rank`` is the harmonic basis ``Y_l`` (the Wigner D recursion and
+    tables use it)."""
+    if rank in _SYMMETRIC:
+        return _SYMMETRIC[rank]
+    letters = "ijklmnpqrs"[:rank]
+    swaps = [letters[:i] + letters[i + 1] + letters[i] + letters[i + 2:] for i in range(rank - 1)]
+    return "=".join([letters, *swaps])

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import as_numpy
 from .basis import blocks, float_basis
 from .decomposition import decompose
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
@@ -78,15 +79,6 @@ def _compose_block(x: np.ndarray, kind: str, name: str) -> np.ndarray:
 
 def _block_coords(x: np.ndarray, kind: str) -> dict[str, np.ndarray]:
     return {b.name: x[..., b.slice] for b in blocks(kind)}
-
-
-def _as_numpy(T: Any) -> Any:
-    """pymatgen tensors are ndarray subclasses; torch tensors are moved to float64 numpy."""
-    from .backend import is_torch, to_numpy64
-
-    if is_torch(T):
-        return to_numpy64(T)
-    return np.asarray(T) if isinstance(T, np.ndarray) else T
 
 
 class _Parts:
@@ -317,7 +309,7 @@ def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize
             f"harmonic_parts supports kinds 'elastic', 'piezoelectric', 'piezoelectric_d' and 'dielectric', "
             f"not {kind!r}" + ("; invert a compliance to a stiffness first" if k.name == "compliance" else "")
         )
-    x = decompose(_as_numpy(T), k.name, symmetrize=symmetrize)
+    x = decompose(as_numpy(T), k.name, symmetrize=symmetrize)
     x = np.asarray(x, dtype=np.float64)
     if k.name == "dielectric":
         iso = x[..., 0] / _SQ3

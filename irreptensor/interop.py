@@ -71,7 +71,7 @@ def to_pymatgen(T: Any, kind: str | TensorKind = KIND_REQUIRED):
         ValueError: a formula kind, or a shape that is neither the Cartesian nor the Voigt form.
     """
     from .backend import to_numpy64
-    from .decomposition import _cartesian
+    from .voigt import as_cartesian
 
     k = get_kind(required_kind(kind, "to_pymatgen(T, kind)"))
     if k.voigt_shape is None:
@@ -82,7 +82,7 @@ def to_pymatgen(T: Any, kind: str | TensorKind = KIND_REQUIRED):
         from pymatgen.core.tensors import Tensor
     except ImportError as e:  # pragma: no cover - pymatgen is installed in the test environment
         raise ImportError("to_pymatgen needs pymatgen (pip install pymatgen)") from e
-    Tc, batch = _cartesian(to_numpy64(np.asarray(T) if is_pymatgen_tensor(T) else T), k)
+    Tc, batch = as_cartesian(to_numpy64(np.asarray(T) if is_pymatgen_tensor(T) else T), k)
     Tc = np.asarray(to_numpy64(Tc), dtype=np.float64)
     cls = {"elastic": ElasticTensor, "compliance": ComplianceTensor, "piezoelectric": PiezoTensor}.get(k.name, Tensor)
     if not batch:

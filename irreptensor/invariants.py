@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import as_numpy
 from .basis import blocks
 from .decomposition import decompose
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
@@ -34,9 +35,7 @@ __all__ = [
 
 
 def _coords(T: Any, kind: str, symmetrize: bool) -> np.ndarray:
-    from .harmonic import _as_numpy
-
-    return np.asarray(decompose(_as_numpy(T), kind, symmetrize=symmetrize), dtype=np.float64)
+    return np.asarray(decompose(as_numpy(T), kind, symmetrize=symmetrize), dtype=np.float64)
 
 
 def _norm(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import as_float_array, batch_index, check_finite, check_tolerance, is_torch, to_numpy64
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .voigt import as_cartesian, cartesian_to_voigt
 
 __all__ = ["rotate", "check_rotation", "random_rotation"]
 
@@ -98,10 +99,8 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = KIND_REQUIRED, *, parity: in
             index), or a non-orthogonal ``R``.
     """
     k = get_kind(required_kind(kind, "rotate(T, R, kind)"), parity=parity)
-    from .decomposition import _cartesian
-
     T0 = as_float_array(T, f"{k.name} tensor")
-    Tc, tbatch = _cartesian(T0, k)
+    Tc, tbatch = as_cartesian(T0, k)
     check_finite(T0, f"{k.name} tensor T", T0.ndim - len(tbatch))
     voigt_in = tuple(T0.shape) != tuple(Tc.shape)
     Rf, det, rbatch = check_rotation(R)
@@ -123,9 +122,7 @@ def rotate(T: Any, R: Any, kind: str | TensorKind = KIND_REQUIRED, *, parity: in
     if k.parity != (-1) ** r:
         out = out * det.reshape(*rbatch, *([1] * r))
     if voigt_in:
-        from .voigt import _to
-
-        out = _to(out, k, float(k.voigt_weight), finite=False)  # T and R were checked
+        out = cartesian_to_voigt(out, k, float(k.voigt_weight), finite=False)  # T and R were checked
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import as_numpy
 from .basis import float_basis
 from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
 
@@ -395,9 +396,8 @@ def symmetry_class(C: Any, kind: str | TensorKind = KIND_REQUIRED, *, tol: float
     if not (isinstance(tol, (int, float)) and np.isfinite(tol) and 0 < tol < 1):
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     from .decomposition import compose, decompose
-    from .harmonic import _as_numpy
 
-    x = np.asarray(decompose(_as_numpy(C), k.name, symmetrize=symmetrize), dtype=np.float64)
+    x = np.asarray(decompose(as_numpy(C), k.name, symmetrize=symmetrize), dtype=np.float64)
     if x.shape != (21,):
         raise ValueError(f"symmetry_class takes one tensor ((3,3,3,3) or (6,6)), got batch shape {x.shape[:-1]}")
     Cs = np.asarray(compose(x, "elastic"))

@@ -82,7 +82,7 @@ def _named(kind) -> TensorKind:
     return k
 
 
-def _to(T: Any, k: TensorKind, weight: float, finite: bool = True):
+def cartesian_to_voigt(T: Any, k: TensorKind, weight: float, finite: bool = True):
     """``(..., 3, ..., 3) -> (..., *vshape)``; ``finite``: refuse NaN/inf in ``T`` (internal callers that
     have checked already pass False)."""
     T = as_float_array(T, "tensor")
@@ -99,7 +99,8 @@ def _to(T: Any, k: TensorKind, weight: float, finite: bool = True):
     return out.reshape(*batch, *vshape)
 
 
-def _from(V: Any, k: TensorKind, weight: float, check: bool, finite: bool = True, name: str = "Voigt form V"):
+def voigt_to_cartesian(V: Any, k: TensorKind, weight: float, check: bool, finite: bool = True,
+                       name: str = "Voigt form V"):
     """``(..., *vshape) -> (..., 3, ..., 3)``; ``check``: refuse an asymmetric 6x6 matrix; ``finite``: refuse
     NaN/inf (internal callers that check themselves pass False); ``name`` names the argument in errors."""
     V = as_float_array(V, "Voigt matrix")
@@ -125,6 +126,26 @@ def _from(V: Any, k: TensorKind, weight: float, check: bool, finite: bool = True
     return out.reshape(*batch, *k.cartesian_shape)
 
 
+def as_cartesian(T: Any, k: TensorKind):
+    """``(Cartesian array, batch shape)`` of ``T`` given in the Cartesian form or (named kinds) the Voigt form.
+
+    Voigt input is converted unchecked: the callers check finiteness and symmetry themselves.
+    """
+    T = as_float_array(T, f"{k.name} tensor")
+    shape = tuple(T.shape)
+    r = k.rank
+    if shape[len(shape) - r:] == k.cartesian_shape and len(shape) >= r:
+        return T, shape[: len(shape) - r]
+    if k.voigt_shape is not None:
+        nv = len(k.voigt_shape)
+        if shape[len(shape) - nv:] == k.voigt_shape and len(shape) >= nv:
+            return voigt_to_cartesian(T, k, float(k.voigt_weight), check=False, finite=False), shape[: len(shape) - nv]
+        expected = f"{k.cartesian_shape} (Cartesian) or {k.voigt_shape} (Voigt)"
+    else:
+        expected = f"{k.cartesian_shape}"
+    raise ValueError(f"{k.name} tensor must have trailing shape {expected}, got shape {shape}")
+
+
 def to_voigt(T: Any, kind: str | TensorKind = KIND_REQUIRED):
     """Cartesian tensor -> Voigt form: ``(...,3,3)->(...,6)``, ``(...,3,3,3)->(...,3,6)``, ``(...,3,3,3,3)->(...,6,6)``.
 
@@ -136,7 +157,7 @@ def to_voigt(T: Any, kind: str | TensorKind = KIND_REQUIRED):
         ValueError: wrong trailing shape, or NaN/inf in ``T`` (names the first bad batch index).
     """
     k = _named(required_kind(kind, "to_voigt(T, kind)"))
-    return _to(T, k, float(k.voigt_weight))
+    return cartesian_to_voigt(T, k, float(k.voigt_weight))
 
 
 def from_voigt(V: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool = True):
@@ -150,7 +171,7 @@ def from_voigt(V: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool = 
             (``check=True``) a 6x6 Voigt matrix that is not symmetric.
     """
     k = _named(required_kind(kind, "from_voigt(V, kind)"))
-    return _from(V, k, float(k.voigt_weight), check)
+    return voigt_to_cartesian(V, k, float(k.voigt_weight), check)
 
 
 def to_mandel(T: Any, kind: str | TensorKind = KIND_REQUIRED):
@@ -162,7 +183,7 @@ def to_mandel(T: Any, kind: str | TensorKind = KIND_REQUIRED):
     Raises:
         ValueError: wrong trailing shape, or NaN/inf in ``T``.
     """
-    return _to(T, _named(required_kind(kind, "to_mandel(T, kind)")), float(np.sqrt(2.0)))
+    return cartesian_to_voigt(T, _named(required_kind(kind, "to_mandel(T, kind)")), float(np.sqrt(2.0)))
 
 
 def from_mandel(M: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool = True):
@@ -175,4 +196,4 @@ def from_mandel(M: Any, kind: str | TensorKind = KIND_REQUIRED, *, check: bool =
             symmetric.
     """
     k = _named(required_kind(kind, "from_mandel(M, kind)"))
-    return _from(M, k, float(np.sqrt(2.0)), check, name="Mandel form M")
+    return voigt_to_cartesian(M, k, float(np.sqrt(2.0)), check, name="Mandel form M")

@@ -34,7 +34,8 @@ import numpy as np
 
 from ._blas import block_rows, default_threads, matmul_rows, run_chunks
 from .backend import constant, is_torch, take_last
-from .basis import _float_basis, blocks
+from .basis import blocks, float_basis, irreps_blocks
+from .formula import symmetric_formula
 from .kinds import TensorKind, get_kind, kind_last
 from .rotation import check_rotation
 
@@ -44,17 +45,6 @@ _QTABLE = Path(__file__).parent / "_tables" / "wigner_quaternion.json"
 """Written by ``python -m irreptensor.wigner_tables`` (not imported here, so that running it as
 ``__main__`` does not find itself already imported); read on the first ``wigner_D`` call."""
 
-_SYMMETRIC = {2: "ij=ji", 3: "ijk=jik=ikj", 4: "ijkl=jikl=ikjl=ijlk"}
-
-
-def _symmetric_formula(l: int) -> str:
-    if l in _SYMMETRIC:
-        return _SYMMETRIC[l]
-    letters = "ijklmnpqrs"[:l]
-    swaps = [letters[:i] + letters[i + 1] + letters[i] + letters[i + 2:] for i in range(l - 1)]
-    return "=".join([letters, *swaps])
-
-
 @lru_cache(maxsize=None)
 def harmonic_basis(l: int) -> np.ndarray:
     """``Y_l``: the rank-l harmonic tensors in e3nn's real basis, read-only float64 ``(2l+1, 3**l)``."""
@@ -63,7 +53,7 @@ def harmonic_basis(l: int) -> np.ndarray:
     elif l == 1:
         Y = np.eye(3)
     else:
-        Q = _float_basis(_symmetric_formula(l), (-1) ** l)[1]
+        Q = float_basis(symmetric_formula(l), parity=(-1) ** l)
         Y = np.array(Q[-(2 * l + 1):])  # the top irrep comes last in e3nn's order
     Y.setflags(write=False)
     return Y
@@ -355,9 +345,7 @@ def _irreps_of(blks) -> str:
 
 def _blocks_of(kind, parity):
     if isinstance(kind, str) and "x" in kind and not set(kind) - set("0123456789xeo+ "):
-        from .basis import _blocks
-
-        return _blocks(kind.replace(" ", ""))
+        return irreps_blocks(kind.replace(" ", ""))
     return blocks(get_kind(kind, parity=parity))
 
 

@@ -100,9 +100,9 @@ def _harmonic_rows(l: int) -> tuple[list[int], list[int], np.ndarray]:
     import sympy as sp
 
     from .basis import basis
-    from .wigner import _symmetric_formula
+    from .formula import symmetric_formula
 
-    Y = basis(_symmetric_formula(l), exact=True, parity=(-1) ** l)[-d:, :]
+    Y = basis(symmetric_formula(l), exact=True, parity=(-1) ** l)[-d:, :]
     a_list, L_list, rows = [], [], []
     for m in range(d):
         row = [sp.nsimplify(Y[m, j]) for j in range(Y.shape[1])]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import irreptensor as it
 from irreptensor import wigner as W
 from strategies import rotations, tensors_of_kind
-from irreptensor.basis import _blocks
+from irreptensor.basis import irreps_blocks
 from irreptensor.wigner_tables import TABLE_PATH, monomial_exponents, quaternion_coefficients
 
 torch = pytest.importorskip("torch")
@@ -42,7 +42,7 @@ def _recursion_D(irreps: str, R: np.ndarray) -> np.ndarray:
     """The reference: the Y_l recursion on the proper part, parity by the det factor (float64)."""
     R = np.asarray(R, dtype=np.float64).reshape(-1, 3, 3)
     det = np.sign(np.linalg.det(R))
-    blks = _blocks(irreps)
+    blks = irreps_blocks(irreps)
     Ds = W._chain(R * det[:, None, None], max(b.l for b in blks))
     dim = blks[-1].stop
     out = np.zeros((len(R), dim, dim))
@@ -287,7 +287,7 @@ def test_autograd_gradcheck(irreps):
     small; every entry of D still enters."""
     v = torch.tensor([[0.3, -1.1, 0.7], [2.9, 0.1, -0.2]], dtype=torch.float64, requires_grad=True)
     sign = torch.tensor([1.0, -1.0], dtype=torch.float64)[:, None, None]
-    d = _blocks(irreps)[-1].stop
+    d = irreps_blocks(irreps)[-1].stop
     Wt = torch.from_numpy(np.random.default_rng(0).normal(size=(3, d, d)))
     assert torch.autograd.gradcheck(
         lambda v: torch.einsum("nij,kij->nk", it.wigner_D(_rodrigues(v) * sign, irreps), Wt), (v,))
