@@ -280,7 +280,8 @@ class _NumpyWorkspace:
         # the classes whose head S_k is already in place (S_l is built into class 0 of l)
         self.in_place = {(l, 0) for l in ls if l >= 2 and np.shares_memory(self.S[l], self.M[l, 0])}
         self.G = {l: np.empty((step, (2 * l + 1) ** 2), dtype) for l in ls}
-        # rotations per BLAS call: the whole chunk, or blocks small enough to stay unthreaded
+        # rotations per BLAS call: the whole chunk, or blocks small enough for OpenBLAS not to thread them
+        # (the threaded path also limits BLAS to one thread; see irreptensor._blas)
         self.rows = {0: block_rows(9, 10, step)}
         for l in ls:
             for g, (_, C, _, _) in enumerate(_plan(l)[0]):
@@ -367,9 +368,10 @@ def wigner_D(R: Any, kind: str | TensorKind, *, parity: int | None = None, chunk
             that needs a graph (``requires_grad`` with grad enabled) or lives off the CPU is processed in
             one block by torch ops; other CPU torch input goes through the numpy path (zero-copy).
         threads: worker threads for numpy input with several chunks; ``None``: as many as BLAS would use
-            (the usable CPUs, capped by ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS``).
-            Each thread fills a contiguous run of chunks of the output, including the first touch of its
-            pages. Default 1 (the calling thread). The result does not depend on ``chunk`` or ``threads``.
+            (its thread count as threadpoolctl reads it, which follows ``OPENBLAS_NUM_THREADS`` etc., at
+            most the usable CPUs). Each thread fills a contiguous run of chunks of the output, including the
+            first touch of its pages; meanwhile BLAS is limited to one thread (threadpoolctl, process-wide).
+            Default 1 (the calling thread). The result does not depend on ``chunk`` or ``threads``.
 
     Returns:
         ``(..., dim, dim)`` block-diagonal matrices, the array type, dtype and device of ``R``.

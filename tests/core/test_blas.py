@@ -1,7 +1,12 @@
 """The batched-product and threading helpers of ``irreptensor._blas``."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from irreptensor import _blas
 
@@ -19,20 +24,69 @@ def test_matmul_rows_matches_one_product(rows):
 
 
 def test_block_rows_stays_below_the_threading_threshold():
+    """The single-thread path's blocks (BLAS left alone there) stay below OpenBLAS's threading threshold."""
     for k, n in [(81, 21), (45, 21), (20, 60), (9, 10), (243, 100)]:
         b = _blas.block_rows(k, n, cap=4096)
         assert b * k * n < _blas._UNTHREADED_MNK or b <= 8
     assert _blas.block_rows(9, 10, cap=300) == 300
 
 
-def test_default_threads_follows_the_environment(monkeypatch):
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(var, raising=False)
+def test_default_threads_is_what_blas_uses_at_most_the_cpus(monkeypatch):
+    b = _blas.blas_threads()
+    assert b is not None and b >= 1, "threadpoolctl finds numpy's BLAS"
+    assert _blas.default_threads() == min(b, _blas.usable_cpus())
+    with threadpool_limits(1, user_api="blas"):
+        assert _blas.blas_threads() == 1 and _blas.default_threads() == 1
+    assert _blas.blas_threads() == b
+    monkeypatch.setattr(_blas, "blas_threads", lambda: None)  # no BLAS found: the usable CPUs
     assert _blas.default_threads() == _blas.usable_cpus()
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert _blas.default_threads() == 1
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")
+    monkeypatch.setattr(_blas, "blas_threads", lambda: 10 * _blas.usable_cpus())
     assert _blas.default_threads() == _blas.usable_cpus()
+
+
+def test_default_threads_follows_the_environment_read_by_blas():
+    """``OPENBLAS_NUM_THREADS=1`` (read by OpenBLAS at start-up) gives one worker thread; threadpoolctl is not
+    imported by ``import irreptensor``, only on first use."""
+    code = ("import sys, irreptensor, irreptensor._blas as b; t = 'threadpoolctl' in sys.modules; "
+            "print(t, b.blas_threads(), b.default_threads())")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == ["False", "1", "1"]
+
+
+def test_single_threaded_blas_limits_and_restores():
+    before = _blas.blas_threads()
+    with _blas.single_threaded_blas():
+        assert _blas.blas_threads() == 1
+    assert _blas.blas_threads() == before
+    with pytest.raises(RuntimeError), _blas.single_threaded_blas():
+        raise RuntimeError("restored on errors too")
+    assert _blas.blas_threads() == before
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_run_chunks_limits_blas_to_one_thread_only_while_worker_threads_run(threads):
+    """Worker threads see BLAS on one thread (so no oversubscription, whatever the product sizes); the
+    single-thread path leaves BLAS alone (its row blocks keep OpenBLAS unthreaded)."""
+    outside = _blas.blas_threads()
+    seen = []
+
+    def make_work():
+        return lambda s, e: seen.append(_blas.blas_threads())
+
+    _blas.run_chunks(make_work, 1000, 96, threads)
+    assert seen == [1 if threads > 1 else outside] * len(range(0, 1000, 96))
+    assert _blas.blas_threads() == outside
+
+
+def test_wigner_D_is_the_same_on_worker_threads():
+    import irreptensor as it
+
+    R = it.random_rotation(3000, seed=5)
+    one = it.wigner_D(R, "elastic", chunk=256, threads=1)
+    before = _blas.blas_threads()
+    assert np.array_equal(it.wigner_D(R, "elastic", chunk=256, threads=3), one)
+    assert _blas.blas_threads() == before
 
 
 @pytest.mark.parametrize("threads", [1, 3, 50])
