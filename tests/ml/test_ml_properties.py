@@ -312,19 +312,7 @@ def test_a_missing_property_never_enters_the_loss(batch_samples, data, kind):
 
 # ------------------------------------------------------------------ through the Lightning module's loss
 
-TINY_MODEL = {
-    "trunk": {
-        "embedding_dim": 8,
-        "irreps_hidden": "8x0e+2x0o+2x1o+2x1e+2x2e+2x2o+1x3o+1x3e+1x4e+1x4o",
-        "num_layers": 3,
-        "cutoff": 4.0,
-        "num_basis": 4,
-        "radial_hidden": [8],
-        "avg_num_neighbors": 10.0,
-    },
-    "heads": {},
-}
-MODULE_IRREPS = {"dielectric": "1x0e+1x2e", "piezoelectric": "2x1o+1x2o+1x3o"}
+from test_train_module import IRREPS as MODULE_IRREPS, TINY_MODEL  # noqa: E402  (one tiny model for both files)
 
 
 @pytest.fixture(scope="module")
