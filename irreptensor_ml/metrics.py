@@ -57,6 +57,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import irreptensor as it
+from irreptensor_ml.deprecation import renamed
 
 PROPERTIES: tuple[str, ...] = ("dielectric", "piezoelectric", "elastic")
 """Property (tensor kind) names understood by this module."""
@@ -215,8 +216,12 @@ def ewt(rel_err: Any, threshold: float) -> float:
     return float(np.mean(r < threshold))
 
 
-def vrh_moduli(elastic: Any) -> dict[str, np.ndarray]:
-    """Voigt-Reuss-Hill bulk, shear and Young's moduli of elastic tensors.
+def vrh_moduli_table(elastic: Any) -> dict[str, np.ndarray]:
+    """Voigt-Reuss-Hill bulk, shear and Young's moduli of elastic tensors, as a table of columns.
+
+    Unlike the core's ``irreptensor.vrh_moduli(C)`` (an ``ElasticModuli``, raising on a singular
+    stiffness) this gives plain columns keyed like :data:`DERIVED_SCALARS`, adds Young's modulus and
+    marks a singular stiffness NaN, so a batch of predictions never raises.
 
     Voigt bounds from the 6x6 stiffness ``C``; Reuss bounds from the 6x6 compliance
     ``S = inv(C)`` (the inverse of the Voigt stiffness already is the Voigt compliance, with the
@@ -268,7 +273,7 @@ def vrh_moduli(elastic: Any) -> dict[str, np.ndarray]:
 def derived_scalars(tensor: Any, property: str) -> dict[str, np.ndarray]:
     """Derived scalar properties of a batch of Cartesian tensors (names in :data:`DERIVED_SCALARS`).
 
-    * elastic: ``K_VRH``, ``G_VRH``, ``Y_VRH`` (GPa, see :func:`vrh_moduli`);
+    * elastic: ``K_VRH``, ``G_VRH``, ``Y_VRH`` (GPa, see :func:`vrh_moduli_table`);
     * dielectric: ``mean_eigenvalue`` = trace / 3 (exact for the symmetric tensor);
     * piezoelectric: ``max_abs_e`` = max |e_ijk| (C/m^2) = max |e_iJ| of the Voigt 3x6 matrix.
 
@@ -282,7 +287,7 @@ def derived_scalars(tensor: Any, property: str) -> dict[str, np.ndarray]:
     check_property(property)
     T = _as_cartesian_batch(tensor, property, "tensor")
     if property == "elastic":
-        m = vrh_moduli(T)
+        m = vrh_moduli_table(T)
         return {k: m[k] for k in DERIVED_SCALARS["elastic"]}
     if property == "dielectric":
         return {"mean_eigenvalue": np.trace(T, axis1=1, axis2=2) / 3.0}
@@ -509,3 +514,8 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
             cells.append("" if v is None else f"{v:.4g}")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Old name, for one release (a DeprecationWarning names the new one): ``vrh_moduli`` is the core's
+# ``irreptensor.vrh_moduli(C) -> ElasticModuli``, another contract.
+vrh_moduli = renamed(vrh_moduli_table, "vrh_moduli", "irreptensor.vrh_moduli returns ElasticModuli")

@@ -157,7 +157,7 @@ def records_from_docs(
     Returns:
         ``(records, skipped)``; ``skipped`` lists ``(material_id, reason)``.
     """
-    from irreptensor_ml.data.records import symmetry_residual
+    from irreptensor_ml.data.records import structure_symmetry_residual
 
     if property not in PROPERTIES:
         raise ValueError(f"unknown property {property!r}; expected one of {PROPERTIES}")
@@ -170,7 +170,7 @@ def records_from_docs(
                 tensor = cartesian_from_mp(matrix, property)
                 if not np.all(np.isfinite(tensor)) or not np.any(tensor):
                     continue
-                res = symmetry_residual(structure, tensor, property, symprec)
+                res = structure_symmetry_residual(structure, tensor, property, symprec)
                 if best is None or res < best[0]:
                     best = (res, frame, matrix, structure, tensor)
                 if res <= symmetry_tolerance:

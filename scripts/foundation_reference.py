@@ -115,9 +115,9 @@ def compute_one(material: dict, calculator: Any, fmax: float) -> dict:
 
 
 def _vrh(C: np.ndarray) -> tuple[float, float]:
-    from irreptensor_ml.metrics import vrh_moduli
+    from irreptensor_ml.metrics import vrh_moduli_table
 
-    v = vrh_moduli(C[None])
+    v = vrh_moduli_table(C[None])
     return float(v["K_VRH"][0]), float(v["G_VRH"][0])
 
 

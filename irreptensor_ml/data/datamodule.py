@@ -46,10 +46,10 @@ from irreptensor_ml.data.records import (
     PARTS,
     LoadReport,
     Record,
-    check_property,
     find_files,
     load_records,
     part_key,
+    property_rank,
 )
 from irreptensor_ml.data.splits import SIDES, check_fractions, side_of, subsample_keys, universe_material_keys
 
@@ -126,7 +126,7 @@ class DataConfig:
         if not self.properties:
             raise ValueError("properties must name at least one property")
         for p in self.properties:
-            check_property(p)
+            property_rank(p)  # raises for an unknown property
         if len(set(self.properties)) != len(self.properties):
             raise ValueError(f"properties has duplicates: {list(self.properties)}")
         if not self.cutoff > 0:

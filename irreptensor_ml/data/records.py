@@ -64,6 +64,7 @@ from irreptensor_ml.data.cache import (
     read_json,
     resolve_cache_dir,
 )
+from irreptensor_ml.deprecation import renamed
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +198,11 @@ def datasets_root() -> Path:
     return Path(str(importlib.resources.files("irreptensor_ml") / "datasets"))
 
 
-def check_property(property: str) -> int:
-    """Return the tensor rank of ``property``; raise ``ValueError`` naming it if unknown."""
+def property_rank(property: str) -> int:
+    """Cartesian tensor rank of ``property`` (2, 3 or 4); raise ``ValueError`` naming it if unknown.
+
+    (Validating a name without its rank: :func:`irreptensor_ml.metrics.check_property`.)
+    """
     if property not in PROPERTY_RANK:
         raise ValueError(
             f"unknown property {property!r}; expected one of {sorted(PROPERTY_RANK)}"
@@ -215,7 +219,7 @@ def find_files(
     A known source that has no file for this property (e.g. ``"matten"`` for dielectric) is
     simply absent from the result.
     """
-    check_property(property)
+    property_rank(property)
     if isinstance(sources, str):
         sources = (sources,)
     unknown = [s for s in sources if s not in SOURCE_PATTERNS]
@@ -269,7 +273,7 @@ def index_symmetry_error(tensor: np.ndarray, property: str) -> float:
     elif property == "elastic":
         perms = [(1, 0, 2, 3), (0, 1, 3, 2), (2, 3, 0, 1)]
     else:
-        check_property(property)
+        property_rank(property)
         raise AssertionError("unreachable")
     scale = float(np.abs(t).max())
     if scale == 0.0:
@@ -277,7 +281,7 @@ def index_symmetry_error(tensor: np.ndarray, property: str) -> float:
     return max(float(np.abs(t - t.transpose(p)).max()) for p in perms) / scale
 
 
-def symmetry_residual(
+def structure_symmetry_residual(
     structure: Structure, tensor: np.ndarray, property: str, symprec: float = 0.01
 ) -> float:
     """Relative residual ``max_g ||g.T - T||_F / ||T||_F`` over the structure's point group.
@@ -286,8 +290,12 @@ def symmetry_residual(
     (spglib, ``symprec`` in Angstrom), made exactly orthogonal by :func:`nearest_orthogonal`;
     ``g.T`` is the tensor rotated by ``irreptensor.rotate``.
     Returns 0 for an all-zero tensor (trivially invariant). Dimensionless.
+
+    The worst single operation, as the data check (``symmetry``) has always measured it; the core's
+    ``irreptensor.symmetry_residual(T, kind, ops)`` is another number, the distance from the
+    group average ``|T - symmetrize(T)|_F / |T|_F``.
     """
-    check_property(property)
+    property_rank(property)
     t = np.asarray(tensor, dtype=np.float64)
     norm = float(np.linalg.norm(t))
     if norm == 0.0:
@@ -436,7 +444,7 @@ def _read_file(
 
         for r in tqdm(todo, desc=f"symmetry check {path.name}", disable=len(todo) < 50):
             try:
-                residuals[r.material_id] = symmetry_residual(r.structure, r.tensor, property, symprec)
+                residuals[r.material_id] = structure_symmetry_residual(r.structure, r.tensor, property, symprec)
             except Exception as exc:  # spglib fails on some cells: skip this record, not the load
                 failed[r.material_id] = f"point group undetermined: {type(exc).__name__}: {exc}"
         atomic_write_json(cache_path, {**cached, **residuals})  # failures are not cached
@@ -488,7 +496,7 @@ def load_records(
         A :class:`RecordList` (a ``list[Record]`` in file order, files sorted by name) whose
         ``.report`` is the :class:`LoadReport`. Skipped records are also logged as a warning.
     """
-    check_property(property)
+    property_rank(property)
     if symmetry_tolerance <= 0:
         raise ValueError(f"symmetry_tolerance must be > 0, got {symmetry_tolerance}")
     files = find_files(property, sources, root)
@@ -509,3 +517,11 @@ def load_records(
     else:
         logger.info("%s", report.summary())
     return RecordList(records, report)
+
+
+# Old names, for one release (a DeprecationWarning names the new one): ``check_property`` here returned
+# the rank, unlike ``irreptensor_ml.metrics.check_property`` (the name); ``symmetry_residual`` is another
+# number than ``irreptensor.symmetry_residual``.
+check_property = renamed(property_rank, "check_property", "it returns the tensor rank")
+symmetry_residual = renamed(structure_symmetry_residual, "symmetry_residual",
+                            "not irreptensor.symmetry_residual: the worst operation, not the group average")

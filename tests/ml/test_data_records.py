@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from irreptensor_ml.data import records as records_mod
-from irreptensor_ml.data.records import find_files, load_records, symmetry_residual
+from irreptensor_ml.data.records import find_files, load_records, structure_symmetry_residual
 
 
 def _rocksalt() -> Structure:
@@ -106,9 +106,9 @@ def test_symmetry_residuals_are_cached(bad_file: Path, tmp_path: Path, monkeypat
     assert len(list((cache / "symmetry").glob("*.json"))) == 1
 
     def fail(*args, **kwargs):
-        raise AssertionError("symmetry_residual recomputed despite the cache")
+        raise AssertionError("structure_symmetry_residual recomputed despite the cache")
 
-    monkeypatch.setattr(records_mod, "symmetry_residual", fail)
+    monkeypatch.setattr(records_mod, "structure_symmetry_residual", fail)
     second = load_records("dielectric", "mp", root=bad_file.parent, cache_dir=cache)
     assert [r.material_id for r in second] == [r.material_id for r in first]
     assert second.report.counts_by_reason() == first.report.counts_by_reason()
@@ -120,16 +120,16 @@ def test_symmetry_residuals_are_cached(bad_file: Path, tmp_path: Path, monkeypat
     # its record, naming the exception)
     other = load_records("dielectric", "mp", root=bad_file.parent, cache_dir=cache, symprec=0.1)
     assert not other and {s.reason for s in other.report.skipped if s.material_id == "good-2"} == {"symmetry"}
-    assert any("AssertionError: symmetry_residual recomputed" in s.detail for s in other.report.skipped)
+    assert any("AssertionError: structure_symmetry_residual recomputed" in s.detail for s in other.report.skipped)
 
 
 def test_symmetry_residual_values() -> None:
     st = _tetragonal()
-    assert symmetry_residual(st, np.diag([5.0, 5.0, 7.0]), "dielectric") < 1e-12
+    assert structure_symmetry_residual(st, np.diag([5.0, 5.0, 7.0]), "dielectric") < 1e-12
     bad = np.diag([5.0, 6.0, 7.0])  # breaks the 4-fold axis: residual ||g.T - T|| / ||T||
     expected = np.linalg.norm(np.diag([1.0, -1.0, 0.0])) / np.linalg.norm(bad)
-    assert symmetry_residual(st, bad, "dielectric") == pytest.approx(expected, rel=1e-9)
-    assert symmetry_residual(st, np.zeros((3, 3)), "dielectric") == 0.0
+    assert structure_symmetry_residual(st, bad, "dielectric") == pytest.approx(expected, rel=1e-9)
+    assert structure_symmetry_residual(st, np.zeros((3, 3)), "dielectric") == 0.0
 
 
 def test_bad_arguments_raise(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_real_elastic_file_loads(tmp_path: Path) -> None:
     assert all(r.tensor.shape == (3, 3, 3, 3) for r in recs)
     # the residual computed here agrees with the one stored by the data preparation
     for r in recs[:4]:
-        res = symmetry_residual(r.structure, r.tensor, "elastic")
+        res = structure_symmetry_residual(r.structure, r.tensor, "elastic")
         assert res <= 0.05
         assert res == pytest.approx(r.meta["sym_residual"], abs=2e-6)
 
@@ -174,8 +174,8 @@ def test_nearly_symmetric_cell_uses_orthogonalized_operations() -> None:
         g = records_mod.nearest_orthogonal(op.rotation_matrix)
         assert np.allclose(g @ g.T, np.eye(3), atol=1e-12)
         assert np.sign(np.linalg.det(g)) == np.sign(np.linalg.det(op.rotation_matrix))
-    assert symmetry_residual(strained, np.eye(3) * 4.0, "dielectric") < 1e-12
-    assert symmetry_residual(strained, np.diag([4.0, 4.0, 5.0]), "dielectric") > 0.05
+    assert structure_symmetry_residual(strained, np.eye(3) * 4.0, "dielectric") < 1e-12
+    assert structure_symmetry_residual(strained, np.diag([4.0, 4.0, 5.0]), "dielectric") > 0.05
 
 
 def test_dielectric_parts_are_read_and_validated(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_predict_pymatgen_objects(cif_path: Path) -> None:
     objs = P.predict([cif_path, perovskite()], "elastic", loaded, as_="pymatgen")
     assert len(objs) == 2 and all(isinstance(o, ElasticTensor) for o in objs)
     np.testing.assert_allclose(np.asarray(objs[0]), arr[0])
-    assert objs[0].k_vrh == pytest.approx(M.vrh_moduli(arr[0])["K_VRH"][0], rel=1e-9)
+    assert objs[0].k_vrh == pytest.approx(M.vrh_moduli_table(arr[0])["K_VRH"][0], rel=1e-9)
 
 
 def test_predict_irreps_are_physical_units(cif_path: Path) -> None:

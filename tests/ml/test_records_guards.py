@@ -93,7 +93,7 @@ def test_symmetry_check_error_skips_one_record(tmp_path: Path, monkeypatch) -> N
     path = _write(tmp_path / "dielectric_mp2099.jsonl.gz",
                   [("good-1", _nacl(), np.eye(3) * 2.0), ("boom-1", _nacl(), np.eye(3) * 3.0),
                    ("good-2", _nacl(), np.eye(3) * 4.0)])
-    real = records_mod.symmetry_residual
+    real = records_mod.structure_symmetry_residual
 
     def flaky(structure, tensor, property, symprec=0.01):
         if tensor[0, 0] == 3.0:
@@ -102,13 +102,13 @@ def test_symmetry_check_error_skips_one_record(tmp_path: Path, monkeypatch) -> N
             raise SymmetryUndeterminedError("Unable to determine symmetry")
         return real(structure, tensor, property, symprec)
 
-    monkeypatch.setattr(records_mod, "symmetry_residual", flaky)
+    monkeypatch.setattr(records_mod, "structure_symmetry_residual", flaky)
     recs = load_records("dielectric", "mp", root=path.parent, cache_dir=tmp_path / "c")
     assert [r.material_id for r in recs] == ["good-1", "good-2"]
     (skip,) = recs.report.skipped
     assert (skip.material_id, skip.reason, skip.line) == ("boom-1", "symmetry", 2)
     assert "SymmetryUndeterminedError: Unable to determine symmetry" in skip.detail
     # the failure is not cached: once the check works, the record loads
-    monkeypatch.setattr(records_mod, "symmetry_residual", real)
+    monkeypatch.setattr(records_mod, "structure_symmetry_residual", real)
     again = load_records("dielectric", "mp", root=path.parent, cache_dir=tmp_path / "c")
     assert [r.material_id for r in again] == ["good-1", "boom-1", "good-2"]
