@@ -73,6 +73,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from irreptensor_ml.transfer.registry import PRETRAINED_STRATEGIES, SCALED_STRATEGIES, START_FROM, STRATEGIES
+
 __all__ = ["DEFAULTS", "PRESETS", "load_study_config", "preset_path", "validate_study_config"]
 
 #: shipped preset names -> file names in ``irreptensor_ml/configs``
@@ -122,20 +124,15 @@ DEFAULTS: dict[str, Any] = {
     "baselines_dir": "results/baselines",
 }
 
-_STRATEGIES = (
-    "scratch", "frozen", "finetune", "multitask", "control", "foundation-frozen", "foundation-finetune",
-)
-#: strategies that start from the study's own (elastic) pretraining run
-_PRETRAINED = ("frozen", "finetune")
-#: strategies that take a trunk learning-rate scale
-_SCALED = ("finetune", "foundation-finetune")
+_STRATEGIES = tuple(STRATEGIES)
+_PRETRAINED = PRETRAINED_STRATEGIES
+_SCALED = SCALED_STRATEGIES
 _PROPERTIES = ("elastic", "dielectric", "piezoelectric")
 #: properties and their parts (mirrors :data:`irreptensor_ml.transfer.studydata.PART_TARGETS`)
 _PART_TARGETS = {"dielectric_electronic": "dielectric", "dielectric_ionic": "dielectric"}
 _TARGETS = (*_PROPERTIES, *_PART_TARGETS)
 _STRATEGY_KEYS = ("trunk_lr_scale",)
-#: mirrors :data:`irreptensor_ml.transfer.strategies.START_FROM` (no torch import here)
-_START_FROM = {"foundation-finetune": ("foundation-frozen",)}
+_START_FROM = START_FROM
 
 
 def preset_path(name: str) -> Path:

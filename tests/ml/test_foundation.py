@@ -661,13 +661,17 @@ def test_finetune_cpu_preset_reuses_the_foundation_cpu_runs(tmp_path):
     assert spec.pretrain_id == make_spec(cpu, data, {}, "foundation-frozen", "piezoelectric", 0.25, 1, 0).run_id
 
 
-def test_presets_mirror_the_strategy_registry():
-    """presets.py keeps torch-free copies of the strategy names and the start_from rules."""
-    from irreptensor_ml.transfer import presets, strategies
+def test_strategy_registry_validates_configs_without_torch():
+    """presets.py reads the strategies from the torch-free registry that strategies.py builds on."""
+    import subprocess
+    import sys
 
-    assert set(presets._STRATEGIES) == set(strategies.STRATEGIES)
-    assert presets._START_FROM == strategies.START_FROM
-    assert set(presets._PRETRAINED) == {n for n, s in strategies.STRATEGIES.items() if s.pretrained_trunk}
+    code = ("import sys; from irreptensor_ml.transfer import presets, registry; "
+            "assert presets._STRATEGIES == tuple(registry.STRATEGIES); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from irreptensor_ml.transfer import registry, strategies
+
+    assert strategies.STRATEGIES is registry.STRATEGIES and strategies.START_FROM is registry.START_FROM
 
 
 def test_report_names_the_untuned_chained_strategy():
