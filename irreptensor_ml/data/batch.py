@@ -11,13 +11,20 @@ lacks that property and ``masks[prop]`` is ``(B,)`` bool, ``False`` there.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from irreptensor_ml.data.graphs import CrystalGraph
 
 Sample = tuple[CrystalGraph, Mapping[str, torch.Tensor]]
+
+
+def edge_vectors(batch: Any) -> torch.Tensor:
+    """Edge vectors ``pos[j] - pos[i] + edge_shift`` (E, 3) in Angstrom, ``i, j = edge_index``, of
+    anything with those attributes (a :class:`Batch`, a graph); shared by every trunk."""
+    src, dst = batch.edge_index[0], batch.edge_index[1]
+    return batch.pos[dst] - batch.pos[src] + batch.edge_shift
 
 
 @dataclasses.dataclass
@@ -50,7 +57,7 @@ class Batch:
 
     def edge_vectors(self) -> torch.Tensor:
         """``(E, 3)`` vectors from center i to neighbor j: ``pos[j] - pos[i] + edge_shift``."""
-        return self.pos[self.edge_index[1]] - self.pos[self.edge_index[0]] + self.edge_shift
+        return edge_vectors(self)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Batch":
         """Copy to ``device`` and/or cast floating tensors to ``dtype`` (integer/bool unchanged).

@@ -41,7 +41,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from irreptensor_ml.model.trunk import edge_vectors
+from irreptensor_ml.data.batch import edge_vectors
 
 from .sevennet import load_sevennet
 

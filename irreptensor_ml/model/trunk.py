@@ -37,6 +37,8 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
+from irreptensor_ml.data.batch import edge_vectors  # noqa: F401  (re-exported by irreptensor_ml.model)
+
 from .radial import RadialBasis
 
 __all__ = ["DEFAULT_HIDDEN_IRREPS", "InteractionBlock", "EquivariantTrunk", "edge_vectors"]
@@ -45,12 +47,6 @@ __all__ = ["DEFAULT_HIDDEN_IRREPS", "InteractionBlock", "EquivariantTrunk", "edg
 DEFAULT_HIDDEN_IRREPS = "32x0e+8x0o+8x1o+8x1e+4x2e+4x2o+2x3o+2x3e+2x4e+2x4o"
 
 _MAX_Z = 100
-
-
-def edge_vectors(batch: Any) -> torch.Tensor:
-    """Edge vectors ``pos[j] - pos[i] + edge_shift`` (E, 3) in Angstrom, ``i, j = edge_index``."""
-    src, dst = batch.edge_index[0], batch.edge_index[1]
-    return batch.pos[dst] - batch.pos[src] + batch.edge_shift
 
 
 def _gate_for(irreps_hidden: o3.Irreps) -> Gate:
