@@ -98,5 +98,11 @@ def test_tune_enqueue_needs_a_json_object(text, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_compare_shipped_needs_a_study_data_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _load("compare_shipped").main(["--study", str(tmp_path)])
+    assert "holds no study-data file" in capsys.readouterr().err
+
+
 if __name__ == "__main__":
     pytest.main([__file__])
