@@ -65,11 +65,12 @@ from irreptensor_ml.data.cache import (
     resolve_cache_dir,
 )
 from irreptensor_ml.deprecation import renamed
+from irreptensor_ml.metrics import TENSOR_RANK
 
 logger = logging.getLogger(__name__)
 
 #: Tensor rank of each supported property (these names are also the ``irreptensor`` kinds).
-PROPERTY_RANK: dict[str, int] = {"dielectric": 2, "piezoelectric": 3, "elastic": 4}
+PROPERTY_RANK: dict[str, int] = TENSOR_RANK  # one table (irreptensor_ml.metrics), two names
 
 #: Known source names and the file-name suffix patterns (after ``<property>_``) they select.
 SOURCE_PATTERNS: dict[str, tuple[str, ...]] = {
