@@ -12,6 +12,7 @@ metrics and record are in ``<out>/<property>/trial-<n>/`` (checkpoints deleted).
 wall time (``--timeout``) and/or a trial count; ``<out>/<property>/best.json`` holds the best
 trial's overrides, which ``scripts/learn_models.py --tuned`` trains on three seeds.
 
+    pip install -e ".[ml,tune]"
     python scripts/tune.py dielectric --timeout 3600 --out results/tune
 """
 
@@ -145,8 +146,6 @@ def objective_factory(prop: str, out: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import optuna
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("property", choices=sorted(SELECT_ON))
     ap.add_argument("--out", default="results/tune")
@@ -164,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(params, dict):
             ap.error(f"--enqueue {text!r}: expected a JSON object of trial parameters")
         enqueued.append(params)
+    import optuna  # the `tune` extra: pip install -e ".[tune]"
     out = Path(args.out) / args.property
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'study.db'}"
