@@ -57,6 +57,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from irreptensor_ml.atomic import atomic_write_text, atomic_writer
 from irreptensor_ml.train.config import load_config, validate_config
 from irreptensor_ml.transfer.presets import _PRETRAINED, flatten_overrides, set_dotted, strategies_for
 from irreptensor_ml.transfer.runner import RunSpec, parts_heads
@@ -129,10 +130,8 @@ class RunStore:
         if other.predictions_path(run_id).is_file():
             files.append((other.predictions_path(run_id), self.predictions_path(run_id)))
         for src, dst in files:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with open(src, "rb") as fin, atomic_writer(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
         self.save({**rec, "imported_from": str(other.root)})  # the record last: it marks the run done
         return True
 
@@ -156,11 +155,7 @@ class RunStore:
 
 
 def _atomic_json(path: Path, obj: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------ data

@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from irreptensor_ml.atomic import atomic_torch_save
 from irreptensor_ml.data.batch import collate
 from irreptensor_ml.data.cache import hash_parts
 from irreptensor_ml.data.datamodule import GraphTargetDataset
@@ -224,12 +225,7 @@ class StudyData:
             "provenance": json.loads(json.dumps(self.provenance, default=str)),
             "fingerprint": self.fingerprint,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_torch_save(path, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "StudyData":
