@@ -65,6 +65,15 @@ PROPERTIES: tuple[str, ...] = ("dielectric", "piezoelectric", "elastic")
 TENSOR_RANK: dict[str, int] = {"dielectric": 2, "piezoelectric": 3, "elastic": 4}
 """Cartesian rank of each property's tensor."""
 
+PARTS: dict[str, tuple[str, ...]] = {"dielectric": ("electronic", "ionic")}
+"""Additive parts of a property's tensor kept from the data files (``tensor_<part>`` keys):
+dielectric ``eps = eps_electronic + eps_ionic`` (DFPT, both dimensionless)."""
+
+
+def part_key(property: str, part: str) -> str:
+    """Target key of one part of a property, e.g. ``"dielectric_electronic"``."""
+    return f"{property}_{part}"
+
 RELATIVE_ERROR_FLOORS: dict[str, float] = {"dielectric": 1.0, "piezoelectric": 0.1, "elastic": 1.0}
 """Lower bound of the denominator of relative errors, in the property's units (see module doc)."""
 

@@ -65,7 +65,7 @@ from irreptensor_ml.data.cache import (
     resolve_cache_dir,
 )
 from irreptensor_ml.deprecation import renamed
-from irreptensor_ml.metrics import TENSOR_RANK
+from irreptensor_ml.metrics import PARTS, TENSOR_RANK, part_key  # noqa: F401  (PARTS, part_key re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,6 @@ SOURCE_PATTERNS: dict[str, tuple[str, ...]] = {
 
 _REQUIRED_KEYS = ("material_id", "structure", "tensor")
 
-#: additive parts of a property's tensor kept from the files (``tensor_<part>`` keys):
-#: dielectric ``eps = eps_electronic + eps_ionic`` (DFPT, both dimensionless).
-PARTS: dict[str, tuple[str, ...]] = {"dielectric": ("electronic", "ionic")}
 _PARTS_SUM_RTOL = 1e-6
 
 #: Largest accepted ``|component|`` of a record's tensor (and of its parts), in the property's
@@ -97,9 +94,6 @@ TENSOR_MAGNITUDE_BOUNDS: dict[str, float] = {"elastic": 1e4, "dielectric": 1e5, 
 MIN_SITE_DISTANCE = 0.5
 
 
-def part_key(property: str, part: str) -> str:
-    """Target key of one part of a property, e.g. ``"dielectric_electronic"``."""
-    return f"{property}_{part}"
 _INDEX_SYMMETRY_RTOL = 1e-6
 
 if TYPE_CHECKING:  # pymatgen is imported where structures are read, so cached data loads without it

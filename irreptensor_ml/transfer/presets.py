@@ -73,7 +73,14 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from irreptensor_ml.transfer.registry import PRETRAINED_STRATEGIES, SCALED_STRATEGIES, START_FROM, STRATEGIES
+from irreptensor_ml.transfer.registry import (
+    PART_TARGETS,
+    PRETRAINED_STRATEGIES,
+    SCALED_STRATEGIES,
+    START_FROM,
+    STRATEGIES,
+    target_property,
+)
 
 __all__ = ["DEFAULTS", "PRESETS", "load_study_config", "preset_path", "validate_study_config"]
 
@@ -129,8 +136,7 @@ _PRETRAINED = PRETRAINED_STRATEGIES
 _SCALED = SCALED_STRATEGIES
 _PROPERTIES = ("elastic", "dielectric", "piezoelectric")
 #: properties and their parts (mirrors :data:`irreptensor_ml.transfer.studydata.PART_TARGETS`)
-_PART_TARGETS = {"dielectric_electronic": "dielectric", "dielectric_ionic": "dielectric"}
-_TARGETS = (*_PROPERTIES, *_PART_TARGETS)
+_TARGETS = (*_PROPERTIES, *PART_TARGETS)
 _STRATEGY_KEYS = ("trunk_lr_scale",)
 _START_FROM = START_FROM
 
@@ -209,7 +215,7 @@ def load_study_config(
 
 def target_base(target: str) -> str:
     """The property of a target (``dielectric_electronic`` -> ``dielectric``)."""
-    return _PART_TARGETS.get(target, target)
+    return target_property(target)[0]
 
 
 def strategies_for(config: Mapping[str, Any], target: str) -> list[str]:
@@ -421,7 +427,7 @@ def _check_target_settings(config: Mapping[str, Any], targets: Sequence[str]) ->
             if kind == "log" and outputs.get(p, "linear") != "exp" and (isinstance(loss_type, Mapping) or p == prop):
                 raise ValueError(f"target {t}: loss.type 'log' of {p!r} needs model.outputs.{p}: exp")
         for p, head in dict(model.get("heads") or {}).items():
-            if isinstance(head, Mapping) and head.get("parts") and p not in _PART_TARGETS.values():
+            if isinstance(head, Mapping) and head.get("parts") and p not in {prop for prop, _ in PART_TARGETS.values()}:
                 raise ValueError(f"target {t}: model.heads.{p}.parts: {p!r} has no parts")
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["FOUNDATION_STRATEGIES", "PRETRAINED_STRATEGIES", "SCALED_STRATEGIES", "START_FROM", "STRATEGIES",
-           "Strategy", "starts_from_run"]
+from irreptensor_ml.metrics import PARTS, PROPERTIES, part_key
+
+__all__ = ["FOUNDATION_STRATEGIES", "PART_TARGETS", "PRETRAINED_STRATEGIES", "SCALED_STRATEGIES", "START_FROM", "STRATEGIES",
+           "Strategy", "starts_from_run", "target_property"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +80,16 @@ PRETRAINED_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() 
 
 #: strategies that take a trunk learning-rate scale (``trunk_lr_scale``)
 SCALED_STRATEGIES: tuple[str, ...] = tuple(n for n, s in STRATEGIES.items() if s.scales_trunk_lr)
+
+
+#: ``{part key: (property, part)}`` of the properties' additive parts (``"dielectric_electronic"``
+#: -> ``("dielectric", "electronic")``): study targets besides the properties.
+PART_TARGETS: dict[str, tuple[str, str]] = {
+    part_key(p, part): (p, part) for p in PROPERTIES for part in PARTS.get(p, ())
+}
+
+
+def target_property(key: str) -> tuple[str, str | None]:
+    """``(property, part)`` of a target key: ``"dielectric_electronic"`` -> ``("dielectric",
+    "electronic")``, ``"dielectric"`` -> ``("dielectric", None)``."""
+    return PART_TARGETS.get(key, (key, None))

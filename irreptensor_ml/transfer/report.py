@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from irreptensor_ml.transfer import stats as S
+from irreptensor_ml.transfer.registry import target_property
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ def _fraction_label(f: float) -> str:
     return f"{100 * float(f):g} %"
 
 
-_PART_OF = {"dielectric_electronic": ("dielectric", "electronic"), "dielectric_ionic": ("dielectric", "ionic")}
-
-
-def _base(target: str) -> tuple[str, str | None]:
-    """``(property, part)`` of a study target (mirrors :func:`.studydata.target_property`)."""
-    return _PART_OF.get(target, (target, None))
-
-
 def trivial_baselines(data: Any, prop: str) -> dict[str, dict[str, float]]:
     """Test metrics of two predictors that learn nothing from structures, as a floor to beat.
 
@@ -74,7 +67,7 @@ def trivial_baselines(data: Any, prop: str) -> dict[str, dict[str, float]]:
     import irreptensor as it
     from irreptensor_ml.metrics import irrep_blocks, refractive_index_metrics, tensor_metrics
 
-    kind, part = _base(prop)
+    kind, part = target_property(prop)
 
     def targets(side: str) -> np.ndarray:
         return data.dataset(data.indices(side, prop), [prop]).targets(prop).numpy()
@@ -111,7 +104,7 @@ def external_baselines(config: Mapping[str, Any], targets: Sequence[str]) -> dic
     if not bdir:
         return out
     for target in targets:
-        path = Path(bdir) / f"{_base(target)[0]}.json"
+        path = Path(bdir) / f"{target_property(target)[0]}.json"
         if not path.is_file():
             continue
         try:
@@ -133,7 +126,7 @@ def _target_record(rec: Mapping[str, Any], target: str, preds: Mapping[str, Any]
                    ) -> tuple[dict[str, Any], dict[str, Any], Mapping[str, Any] | None]:
     """``(val metrics, test metrics, test predictions)`` of a study target in a run record (a part
     target: its part's entries)."""
-    if _base(target)[1] is None:
+    if target_property(target)[1] is None:
         return dict(rec.get("val") or {}), dict(rec.get("test") or {}), preds
     if target not in (rec.get("test_parts") or {}):
         raise ValueError(f"final run {rec.get('run_id')} has no stored test metrics of {target}")
@@ -238,7 +231,7 @@ def summarize(
             best = min(scores, key=scores.get)
             # a part target's model is its property's model: listed apart (the shipped models
             # are per property, irreptensor_ml.transfer.ship)
-            dest = best_on_val if _base(target)[1] is None else best_parts
+            dest = best_on_val if target_property(target)[1] is None else best_parts
             dest[target] = {"strategy": best, "fraction": float(top), "val_frobenius_mae": scores}
     pre_prop = config["pretrain"]["property"]
     if pretrain:
@@ -371,14 +364,14 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
                 lines.append(f"| {k} | {format_cell(pre_test[k])} |")
         lines += _baseline_lines(summary, summary["pretrain"]["property"])
     for target, by_strat in summary["results"].items():
-        unit = units.get(_base(target)[0]) or "dimensionless"
+        unit = units.get(target_property(target)[0]) or "dimensionless"
         header = "| strategy | " + " | ".join(_fraction_label(f) for f in fractions) + " |"
         sep = "|---|" + "---|" * len(fractions)
         title = f"## {target}"
         if target == "dielectric_electronic":
             title += " (electronic part of the dielectric tensor; n = sqrt(mean eigenvalue) is the refractive index)"
-        elif _base(target)[1] is not None:
-            title += f" ({_base(target)[1]} part of the {_base(target)[0]} tensor)"
+        elif target_property(target)[1] is not None:
+            title += f" ({target_property(target)[1]} part of the {target_property(target)[0]} tensor)"
         lines += ["", title, "",
                   f"Test Frobenius MAE ({unit}), mean ± std over seeds (lower is better), beside the baselines "
                   "(*italics*: predictors that learn nothing from the structure, or a random forest on simple "
@@ -584,7 +577,7 @@ def plot_learning_curves(summary: Mapping[str, Any], out_dir: Path) -> list[Path
             value = metrics.get("frobenius_mae")
             if value is not None:
                 ax.axhline(value, color="gray", ls=style, lw=1, label=name)
-        unit = summary["units"].get(_base(target)[0]) or "dimensionless"
+        unit = summary["units"].get(target_property(target)[0]) or "dimensionless"
         ax.set_xscale("log")
         ticks = sorted({100 * float(f) for by_frac in by_strat.values() for f in by_frac})
         ax.set_xticks(ticks)
@@ -609,7 +602,7 @@ def plot_best_parity(summary: Mapping[str, Any], store: Any, out_dir: Path) -> l
 
     written = []
     for prop, best in _best_models(summary).items():
-        kind, part = _base(prop)
+        kind, part = target_property(prop)
         if best["strategy"] == "pretrain":
             run_id = best["run_id"]
         else:

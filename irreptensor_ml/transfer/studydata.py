@@ -49,7 +49,7 @@ from irreptensor_ml.data.batch import collate
 from irreptensor_ml.data.cache import hash_parts
 from irreptensor_ml.data.datamodule import GraphTargetDataset
 from irreptensor_ml.data.graphs import CrystalGraph, pack_graphs, unpack_graphs
-from irreptensor_ml.data.records import PARTS, part_key
+from irreptensor_ml.transfer.registry import PART_TARGETS, target_property  # noqa: F401  (re-exported)
 
 __all__ = ["CACHE_FORMAT", "PART_TARGETS", "PROPERTIES", "StudyData", "subsample_keys", "target_property"]
 
@@ -58,22 +58,9 @@ CACHE_FORMAT = "irreptensor_ml.transfer.studydata"
 CACHE_FORMAT_VERSION = 1
 #: properties a study data object always holds (the pretraining and the target properties).
 PROPERTIES: tuple[str, ...] = ("elastic", "dielectric", "piezoelectric")
-#: ``{part key: (property, part)}`` of the properties' additive parts (``"dielectric_electronic"``
-#: -> ``("dielectric", "electronic")``); mirrors :data:`irreptensor_ml.data.records.PARTS`.
-PART_TARGETS: dict[str, tuple[str, str]] = {
-    part_key(p, part): (p, part) for p in PROPERTIES for part in PARTS.get(p, ())
-}
 SIDES: tuple[str, ...] = ("train", "val", "test")
 #: data-config entries that do not change the data (left out of the fingerprint).
 _NOT_CONTENT = ("cache_dir", "num_workers", "progress", "batch_size", "dtype")
-
-
-def target_property(key: str) -> tuple[str, str | None]:
-    """``(property, part)`` of a target key: ``"dielectric_electronic"`` -> ``("dielectric",
-    "electronic")``, ``"dielectric"`` -> ``("dielectric", None)``."""
-    if key in PART_TARGETS:
-        return PART_TARGETS[key]
-    return key, None
 
 
 def subsample_keys(keys: Sequence[str], fraction: float, seed: int) -> set[str]:
