@@ -226,7 +226,7 @@ def symmetrize(T: Any, kind: str | TensorKind = KIND_REQUIRED, ops: Any = None, 
         raise ValueError("symmetrize needs ops: rotation matrices (G, 3, 3), SymmOps or a pymatgen Structure")
     k, Tc, batch, voigt_in = _prepare(T, required_kind(kind, "symmetrize(T, kind, ops)"))
     P = group_projector(ops, k, symprec=symprec)
-    x = np.asarray(decompose(Tc, k, symmetrize=symmetrize_indices), dtype=np.float64)
+    x = np.asarray(decompose(Tc, k, symmetrize_indices=symmetrize_indices), dtype=np.float64)
     out = compose(x @ P, k)  # P symmetric
     if voigt_in:
         from .voigt import to_voigt
@@ -250,7 +250,7 @@ def symmetry_residual(T: Any, kind: str | TensorKind = KIND_REQUIRED, ops: Any =
         raise ValueError("symmetry_residual needs ops: rotation matrices (G, 3, 3), SymmOps or a pymatgen Structure")
     k, Tc, batch, _ = _prepare(T, required_kind(kind, "symmetry_residual(T, kind, ops)"))
     P = group_projector(ops, k, symprec=symprec)
-    x = np.asarray(decompose(Tc, k, symmetrize=symmetrize_indices), dtype=np.float64)
+    x = np.asarray(decompose(Tc, k, symmetrize_indices=symmetrize_indices), dtype=np.float64)
     r = np.linalg.norm(x - x @ P, axis=-1)
     if not relative:
         return r

@@ -17,20 +17,21 @@ import numpy as np
 
 from .backend import as_float_array, batch_index, check_tolerance, constant, is_torch, non_finite_error, to_numpy64
 from .basis import float_basis
-from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, renamed_keyword, required_kind
 from .voigt import as_cartesian
 
 __all__ = ["decompose", "compose", "DEFAULT_SYMMETRY_TOL"]
 
 DEFAULT_SYMMETRY_TOL = 1e-6
-"""Largest relative asymmetry ``|T - P T|_F / |T|_F`` accepted without ``symmetrize=True``."""
+"""Largest relative asymmetry ``|T - P T|_F / |T|_F`` accepted without ``symmetrize_indices=True``."""
 
 
 def _first_bad(mask: np.ndarray, batch: tuple[int, ...]) -> str:
     return f"at batch index {batch_index(np.flatnonzero(mask)[0], batch)}"
 
 
-def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False,
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize_indices: bool = False,
               tol: float | None = None, parity: int | None = None):
     """Irreps coordinates of Cartesian tensors: ``x = Q T``.
 
@@ -39,7 +40,7 @@ def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: boo
             ``(..., 3, 6)`` piezoelectric, ``(..., 6)`` dielectric). numpy or torch, float32 or float64.
         kind: a kind name or index-symmetry formula (see :func:`irreptensor.get_kind`). Required; leaving it
             out still means ``"elastic"`` with a DeprecationWarning (removed in the next release).
-        symmetrize: project a tensor that lacks the kind's index symmetry onto the symmetric part instead of
+        symmetrize_indices: project a tensor that lacks the kind's index symmetry onto the symmetric part instead of
             raising (the projection is what the product computes anyway).
         tol: largest accepted relative asymmetry ``|T - P T| / |T|`` (default ``1e-6``); a finite number
             ``>= 0`` (NaN, which would turn the check off, and negative values raise ValueError).
@@ -63,7 +64,7 @@ def decompose(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: boo
         t2, x2 = _torch_norms(flat, x, k)
     else:
         x, t2, x2 = _project_numpy(flat, k)
-    _check(flat, t2, x2, k, batch, symmetrize, tol)
+    _check(flat, t2, x2, k, batch, symmetrize_indices, tol)
     return x.reshape(*batch, Q.shape[0])
 
 
@@ -140,7 +141,7 @@ def _torch_norms(flat, x, k: TensorKind):
         return (f64 * f64).sum(-1).cpu().numpy(), (x64 * x64).sum(-1).cpu().numpy()
 
 
-def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetrize: bool, tol: float) -> None:
+def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetrize_indices: bool, tol: float) -> None:
     """Raise on non-finite input or on asymmetry beyond ``tol`` (relative Frobenius).
 
     ``t2`` and ``x2`` are the per-tensor ``|T|^2`` and ``|x|^2``: their difference is ``|T - P T|^2``.
@@ -159,7 +160,7 @@ def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetriz
         t2 = np.einsum("ij,ij->i", f, f)
         xs = f @ float_basis(k).T
         x2 = np.einsum("ij,ij->i", xs, xs)
-    if symmetrize:
+    if symmetrize_indices:
         return
     resid = np.maximum(t2 - x2, 0.0)
     # relative asymmetry; rounding puts a floor of ~1e-8 on what float64 can see this way
@@ -171,7 +172,7 @@ def _check(flat, t2: np.ndarray, x2: np.ndarray, k: TensorKind, batch, symmetriz
         raise ValueError(
             f"{k.name} tensor lacks the index symmetry {k.formula}: relative asymmetry |T - P T|/|T| = "
             f"{rel[i]:.3e} {where} ({int(bad.sum())} of {bad.size} tensors above tol={tol:g}); "
-            "pass symmetrize=True to project onto the symmetric part"
+            "pass symmetrize_indices=True to project onto the symmetric part"
         )
 
 

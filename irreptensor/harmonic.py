@@ -33,7 +33,7 @@ import numpy as np
 from .backend import as_numpy
 from .basis import blocks, float_basis
 from .decomposition import decompose
-from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, renamed_keyword, required_kind
 
 __all__ = ["harmonic_parts", "DielectricParts", "ElasticParts", "PiezoelectricParts", "levi_civita"]
 
@@ -285,7 +285,8 @@ class PiezoelectricParts(_Parts):
         )
 
 
-def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False):
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize_indices: bool = False):
     """Harmonic decomposition of a tensor (or a batch) into its physically named parts.
 
     Args:
@@ -294,7 +295,7 @@ def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize
         kind: ``"elastic"`` (``"stiffness"``), ``"piezoelectric"`` (``"piezo"``, ``"piezoelectric_d"``) or
             ``"dielectric"``. Required; leaving it out still means ``"elastic"`` with a DeprecationWarning
             (removed in the next release).
-        symmetrize: project a tensor lacking the kind's index symmetry instead of raising.
+        symmetrize_indices: project a tensor lacking the kind's index symmetry instead of raising.
 
     Returns:
         :class:`ElasticParts`, :class:`PiezoelectricParts` or :class:`DielectricParts` with batch shape ``...``.
@@ -309,7 +310,7 @@ def harmonic_parts(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize
             f"harmonic_parts supports kinds 'elastic', 'piezoelectric', 'piezoelectric_d' and 'dielectric', "
             f"not {kind!r}" + ("; invert a compliance to a stiffness first" if k.name == "compliance" else "")
         )
-    x = decompose(as_numpy(T), k.name, symmetrize=symmetrize)
+    x = decompose(as_numpy(T), k.name, symmetrize_indices=symmetrize_indices)
     x = np.asarray(x, dtype=np.float64)
     if k.name == "dielectric":
         iso = x[..., 0] / _SQ3

@@ -22,7 +22,7 @@ import numpy as np
 from .backend import as_numpy
 from .basis import blocks
 from .decomposition import decompose
-from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, renamed_keyword, required_kind
 
 __all__ = [
     "block_norms",
@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 
-def _coords(T: Any, kind: str, symmetrize: bool) -> np.ndarray:
-    return np.asarray(decompose(as_numpy(T), kind, symmetrize=symmetrize), dtype=np.float64)
+def _coords(T: Any, kind: str, symmetrize_indices: bool) -> np.ndarray:
+    return np.asarray(decompose(as_numpy(T), kind, symmetrize_indices=symmetrize_indices), dtype=np.float64)
 
 
 def _norm(x: np.ndarray) -> np.ndarray:
@@ -47,7 +47,8 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return np.linalg.norm(x / m, axis=-1) * m[..., 0]
 
 
-def block_norms(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: bool = False) -> dict[str, np.ndarray]:
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def block_norms(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize_indices: bool = False) -> dict[str, np.ndarray]:
     """Euclidean norm of each irrep block, e.g. ``{"0e[0]": (...), "0e[1]": ..., "2e[0]": ..., "4e": ...}``.
 
     The norms are invariant under every rotation (and reflection) of the tensor, and
@@ -58,7 +59,7 @@ def block_norms(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, symmetrize: b
         dict block name -> ``(...,)`` float64 array (unit of the tensor).
     """
     kind = required_kind(kind, "block_norms(T, kind)")
-    x = _coords(T, kind, symmetrize)
+    x = _coords(T, kind, symmetrize_indices)
     return {b.name: _norm(x[..., b.slice]) for b in blocks(get_kind(kind))}
 
 
@@ -87,7 +88,8 @@ class ElasticModuli:
         return 0.5 * (self.g_voigt + self.g_reuss)
 
 
-def vrh_moduli(C: Any, *, symmetrize: bool = False) -> ElasticModuli:
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def vrh_moduli(C: Any, *, symmetrize_indices: bool = False) -> ElasticModuli:
     """Voigt, Reuss and Hill bulk and shear moduli of elastic stiffness tensors.
 
     Args:
@@ -99,7 +101,7 @@ def vrh_moduli(C: Any, *, symmetrize: bool = False) -> ElasticModuli:
     """
     from .voigt import to_voigt
 
-    x = _coords(C, "elastic", symmetrize)
+    x = _coords(C, "elastic", symmetrize_indices)
     k_v = x[..., 0] / 3.0
     g_v = x[..., 1] / (2.0 * np.sqrt(5.0))
     from .decomposition import compose
@@ -139,24 +141,27 @@ def _first_singular(flat: np.ndarray) -> int:
     return 0  # pragma: no cover - only called after a LinAlgError
 
 
-def universal_anisotropy(C: Any, *, symmetrize: bool = False) -> np.ndarray:
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def universal_anisotropy(C: Any, *, symmetrize_indices: bool = False) -> np.ndarray:
     """Universal anisotropy index ``A^U = 5 G_V/G_R + K_V/K_R - 6`` (0 exactly for isotropic), ``(...,)``."""
-    m = vrh_moduli(C, symmetrize=symmetrize)
+    m = vrh_moduli(C, symmetrize_indices=symmetrize_indices)
     return 5.0 * m.g_voigt / m.g_reuss + m.k_voigt / m.k_reuss - 6.0
 
 
-def log_euclidean_anisotropy(C: Any, *, symmetrize: bool = False) -> np.ndarray:
+@renamed_keyword("symmetrize", "symmetrize_indices")
+def log_euclidean_anisotropy(C: Any, *, symmetrize_indices: bool = False) -> np.ndarray:
     """Kube's (2016) log-Euclidean index ``A^L = sqrt(ln(K_V/K_R)^2 + 5 ln(G_V/G_R)^2)``, ``(...,)``.
 
     Defined for positive-definite stiffnesses (all moduli positive); NaN otherwise.
     """
-    m = vrh_moduli(C, symmetrize=symmetrize)
+    m = vrh_moduli(C, symmetrize_indices=symmetrize_indices)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.sqrt(np.log(m.k_voigt / m.k_reuss) ** 2 + 5.0 * np.log(m.g_voigt / m.g_reuss) ** 2)
 
 
+@renamed_keyword("symmetrize", "symmetrize_indices")
 def distance_from_isotropy(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, relative: bool = True,
-                           symmetrize: bool = False) -> np.ndarray:
+                           symmetrize_indices: bool = False) -> np.ndarray:
     """Frobenius distance from ``T`` to the closest isotropic tensor of the same kind, ``(...,)``.
 
     The isotropic tensors are exactly the span of the ``0e`` blocks, and the irreps basis is orthonormal,
@@ -165,7 +170,7 @@ def distance_from_isotropy(T: Any, kind: str | TensorKind = KIND_REQUIRED, *, re
     piezoelectric tensor; 0 for the zero tensor).
     """
     kind = required_kind(kind, "distance_from_isotropy(T, kind)")
-    x = _coords(T, kind, symmetrize)
+    x = _coords(T, kind, symmetrize_indices)
     mask = np.ones(x.shape[-1], dtype=bool)
     for b in blocks(get_kind(kind)):
         if b.l == 0 and b.parity == 1:

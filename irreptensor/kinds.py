@@ -10,6 +10,8 @@ every other option keyword-only.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -92,11 +94,26 @@ KIND_REQUIRED = _Required()
 still means ``"elastic"`` for one release, with a :class:`DeprecationWarning`."""
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for :func:`warnings.warn` that points at the first frame outside this package.
+
+    A deprecation warning should name the user's line, however many irreptensor frames (a public
+    function, a decorator such as :func:`renamed_keyword`) stand between it and the warning.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def required_kind(kind, call: str):
     """``kind``, or ``"elastic"`` with a :class:`DeprecationWarning` when it was left out (``KIND_REQUIRED``).
 
     ``call`` is the new form of the call for the message, e.g. ``"rotate(T, R, kind)"``. The warning
-    points at the caller of the public function (``stacklevel=3``).
+    points at the first caller outside irreptensor (:func:`user_stacklevel`).
     """
     if kind is KIND_REQUIRED:
         name = call.split("(")[0]
@@ -104,7 +121,7 @@ def required_kind(kind, call: str):
             f"irreptensor.{name}() without kind is deprecated and still means kind='elastic' for one release; "
             f"pass the kind: {call}, e.g. {call.replace('kind', repr('elastic'))}",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
         return "elastic"
     return kind
@@ -124,10 +141,40 @@ def kind_last(first, second, call: str):
             f"irreptensor.{name}({old[1]}, {old[0]}) is deprecated (kind first); call {call}: the array first, "
             "then the kind, as everywhere in irreptensor. The old order works for one more release.",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
         return second, first
     return first, second
+
+
+def renamed_keyword(old: str, new: str):
+    """Decorator: the keyword ``old`` of a public function still works for one release as ``new``.
+
+    For the flag renamed ``symmetrize`` -> ``symmetrize_indices`` (``symmetrize`` is the point-group
+    function :func:`irreptensor.symmetrize`; the flag only projects onto the kind's index symmetry).
+    Passing both raises TypeError; passing ``old`` alone warns (:class:`DeprecationWarning`).
+    """
+
+    def wrap(func):
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{func.__name__}() got both {new}= and its deprecated spelling {old}=")
+                warnings.warn(
+                    f"irreptensor.{func.__name__}({old}=...) is deprecated (removed in the next release); "
+                    f"pass {new}=... ({old} is the name of the point-group function irreptensor.{old})",
+                    DeprecationWarning,
+                    stacklevel=user_stacklevel(),
+                )
+                kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return wrap
 
 
 def get_kind(kind: str | TensorKind, *, parity: int | None = None) -> TensorKind:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .backend import as_numpy
 from .basis import float_basis
-from .kinds import KIND_REQUIRED, TensorKind, get_kind, required_kind
+from .kinds import KIND_REQUIRED, TensorKind, get_kind, renamed_keyword, required_kind
 
 __all__ = ["symmetry_class", "SymmetryClass", "ELASTIC_CLASSES", "class_projector", "DEFAULT_CLASS_TOL"]
 
@@ -361,8 +361,9 @@ def _candidate_frames(axes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+@renamed_keyword("symmetrize", "symmetrize_indices")
 def symmetry_class(C: Any, kind: str | TensorKind = KIND_REQUIRED, *, tol: float = DEFAULT_CLASS_TOL,
-                   symmetrize: bool = False) -> SymmetryClass:
+                   symmetrize_indices: bool = False) -> SymmetryClass:
     """Elastic symmetry class (Forte-Vianello) of one stiffness tensor in any orientation.
 
     Args:
@@ -373,7 +374,7 @@ def symmetry_class(C: Any, kind: str | TensorKind = KIND_REQUIRED, *, tol: float
         kind: ``"elastic"`` (``"stiffness"``) or ``"compliance"`` (same symmetry classes; the kind fixes the
             factors of a Voigt input). Required; leaving it out still means ``"elastic"`` with a
             DeprecationWarning (removed in the next release).
-        symmetrize: accept tensors lacking the index symmetry ``C_ijkl = C_jikl = C_klij`` (projected).
+        symmetrize_indices: accept tensors lacking the index symmetry ``C_ijkl = C_jikl = C_klij`` (projected).
 
     Returns:
         :class:`SymmetryClass` with the class name, the symmetry frame, residuals and found two-fold axes.
@@ -397,7 +398,7 @@ def symmetry_class(C: Any, kind: str | TensorKind = KIND_REQUIRED, *, tol: float
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
     from .decomposition import compose, decompose
 
-    x = np.asarray(decompose(as_numpy(C), k.name, symmetrize=symmetrize), dtype=np.float64)
+    x = np.asarray(decompose(as_numpy(C), k.name, symmetrize_indices=symmetrize_indices), dtype=np.float64)
     if x.shape != (21,):
         raise ValueError(f"symmetry_class takes one tensor ((3,3,3,3) or (6,6)), got batch shape {x.shape[:-1]}")
     Cs = np.asarray(compose(x, "elastic"))

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records("elastic", "mp")
     graphs = [collate([(structure_to_graph(r.structure, args.cutoff), {})]).to(torch.float64) for r in records]
     label_4e = np.linalg.norm(np.asarray(irreptensor.decompose(
-        np.stack([r.tensor for r in records]), kind="elastic", symmetrize=True))[:, -9:], axis=1)
+        np.stack([r.tensor for r in records]), kind="elastic", symmetrize_indices=True))[:, -9:], axis=1)
     anisotropic = label_4e > 1.0
     for lmax_sh in args.lmax_sh:
         trunk = EquivariantTrunk(embedding_dim=16, irreps_hidden="16x0e+4x1o+4x2e+2x2o+2x3o+2x4e", num_layers=2,

@@ -171,3 +171,32 @@ def test_deprecations_are_errors_in_these_tests():
         it.decompose(C)
     with pytest.raises(DeprecationWarning):
         it.wigner_D("elastic", R)
+
+
+C_ASYM = C + 1e-3 * np.arange(81.0).reshape(3, 3, 3, 3)  # lacks C_ijkl = C_jikl = C_klij
+RENAMED_FLAG = {
+    "decompose": lambda **kw: it.decompose(C_ASYM, "elastic", **kw),
+    "harmonic_parts": lambda **kw: it.harmonic_parts(C_ASYM, "elastic", **kw).coords,
+    "block_norms": lambda **kw: np.concatenate([np.ravel(v) for v in it.block_norms(C_ASYM, "elastic", **kw).values()]),
+    "distance_from_isotropy": lambda **kw: it.distance_from_isotropy(C_ASYM, "elastic", **kw),
+    "vrh_moduli": lambda **kw: it.vrh_moduli(C_ASYM, **kw).k_vrh,
+    "universal_anisotropy": lambda **kw: it.universal_anisotropy(C_ASYM, **kw),
+    "log_euclidean_anisotropy": lambda **kw: it.log_euclidean_anisotropy(C_ASYM, **kw),
+    "symmetry_class": lambda **kw: it.symmetry_class(C_ASYM, "elastic", tol=1e-2, **kw).projection,
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENAMED_FLAG))
+def test_symmetrize_flag_is_symmetrize_indices(name):
+    """One meaning per name: ``symmetrize`` is the point-group function; the index-symmetry flag is
+    ``symmetrize_indices`` everywhere, the old keyword warning for one release with the same result."""
+    call = RENAMED_FLAG[name]
+    with pytest.raises(ValueError, match="symmetrize_indices=True"):
+        call()
+    new = call(symmetrize_indices=True)
+    with pytest.warns(DeprecationWarning, match=rf"irreptensor\.{name}\(symmetrize=\.\.\.\) is deprecated") as rec:
+        old = call(symmetrize=True)
+    assert rec[0].filename == __file__
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+    with pytest.raises(TypeError, match="both symmetrize_indices= and its deprecated spelling"):
+        call(symmetrize=True, symmetrize_indices=True)

@@ -147,7 +147,7 @@ def test_torch_in_torch_out_with_autograd():
         assert isinstance(T2, torch.Tensor) and T2.dtype == dtype
         np.testing.assert_allclose(T2.numpy(), T.numpy(), atol=1e-4 if dtype == torch.float32 else 1e-12)
     x = torch.randn(3, 21, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: it.decompose(it.compose(v, "elastic") ** 2, "elastic", symmetrize=True), (x,))
+    assert torch.autograd.gradcheck(lambda v: it.decompose(it.compose(v, "elastic") ** 2, "elastic", symmetrize_indices=True), (x,))
 
 
 def test_symmetrize_projects_and_the_error_names_the_asymmetry():
@@ -157,7 +157,7 @@ def test_symmetrize_projects_and_the_error_names_the_asymmetry():
     bad[1, 0, 1, 2, 2] += 5.0
     with pytest.raises(ValueError, match=r"lacks the index symmetry ijkl=jikl=klij.*relative asymmetry.*batch index \(1,\)"):
         it.decompose(bad, "elastic")
-    x = it.decompose(bad, "elastic", symmetrize=True)
+    x = it.decompose(bad, "elastic", symmetrize_indices=True)
     # the projection of the perturbation: the symmetric part of a single entry
     P = it.compose(x, "elastic")
     np.testing.assert_allclose(P[[0, 2]], C[[0, 2]], atol=1e-12)
@@ -193,7 +193,7 @@ def test_chunked_product_and_checks(monkeypatch, dtype, busy):
         it.decompose(bad, "elastic")
     bad[17, 1, 1, 1, 1] = np.nan
     with pytest.raises(ValueError, match=r"contains NaN at batch index \(17,\)"):
-        it.decompose(bad, "elastic", symmetrize=True)
+        it.decompose(bad, "elastic", symmetrize_indices=True)
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -257,7 +257,7 @@ def test_errors():
     bad[0, 1, 2, 2] += 1.0
     with pytest.raises(ValueError, match="index symmetry"):
         harmonic_parts(bad, "elastic")
-    harmonic_parts(bad, "elastic", symmetrize=True)  # projected instead
+    harmonic_parts(bad, "elastic", symmetrize_indices=True)  # projected instead
 
 
 def test_frozen():

@@ -216,4 +216,4 @@ def test_errors():
     asym[0, 1] = 1.0
     with pytest.raises(ValueError, match="index symmetry"):
         symmetry_class(asym, "elastic")
-    assert symmetry_class(asym, "elastic", symmetrize=True).name in ELASTIC_CLASSES
+    assert symmetry_class(asym, "elastic", symmetrize_indices=True).name in ELASTIC_CLASSES
