@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +26,7 @@ from irreptensor_ml.atomic import atomic_write_text
 
 __all__ = [
     "package_versions",
+    "source_revision",
     "hardware_info",
     "write_json",
     "write_yaml",
@@ -48,14 +50,41 @@ _PACKAGES = (
 
 
 def package_versions() -> dict[str, str | None]:
-    """``{package: version}`` of Python and the relevant packages (``None`` if not installed)."""
+    """``{package: version}`` of Python and the relevant packages (``None`` if not installed), and
+    ``irreptensor_source``: the git revision of the running code (:func:`source_revision`)."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    out["irreptensor_source"] = source_revision()
     return out
+
+
+_CODE_DIRS = ("irreptensor", "irreptensor_ml")
+
+
+def source_revision(root: str | os.PathLike[str] | None = None) -> str | None:
+    """Git commit of the code that runs, ``"<sha>+dirty"`` when its packages have uncommitted
+    changes, ``None`` outside a git checkout (an installed wheel) or without git.
+
+    The package version alone does not tell a result made by committed code from one made by
+    work in progress, whose run ids or numbers the committed code may not give again.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    if not all((root / d).is_dir() for d in _CODE_DIRS):
+        return None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *_CODE_DIRS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
 
 
 def cpu_model() -> str:
