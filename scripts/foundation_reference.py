@@ -62,7 +62,7 @@ def test_materials(config: dict, from_cache: str | None) -> tuple[list[dict], st
     """Elastic test samples of the study split: ``[{"sample_id", "index", "structure",
     "dft" (3,3,3,3) GPa}]`` (smallest cells first) and the data fingerprint."""
     import irreptensor as it
-    from irreptensor_ml.transfer.study import load_study_data
+    from irreptensor_ml.transfer.store import load_study_data
 
     data = load_study_data(config, from_cache)
     data.check_union_split()

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from irreptensor_ml.transfer.presets import load_study_config
-    from irreptensor_ml.transfer.study import RunStore, candidates, load_study_data, make_spec, plan_trials
+    from irreptensor_ml.transfer.plan import candidates, make_spec, plan_trials
+    from irreptensor_ml.transfer.store import RunStore, load_study_data
 
     cfg = load_study_config(args.preset)
     data = load_study_data(cfg, args.from_cache)

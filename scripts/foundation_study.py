@@ -34,10 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from irreptensor_ml.transfer.presets import load_study_config
-    from irreptensor_ml.transfer.study import (
-        RunStore, Task, _quiet, data_file, execute_tasks, import_runs, load_study_data, plan_runs,
-        plan_trials, prepare_features, selection_from_records, tuning_needed,
-    )
+    from irreptensor_ml.transfer.execute import _quiet, execute_tasks, import_runs, prepare_features
+    from irreptensor_ml.transfer.plan import Task, plan_runs, plan_trials, selection_from_records, tuning_needed
+    from irreptensor_ml.transfer.store import RunStore, data_file, load_study_data
 
     _quiet()
     config = load_study_config(args.preset, args.overrides)

@@ -7,7 +7,10 @@ Modules:
   weights-only file (``--export-cache`` / ``--from-cache``; no pymatgen needed to load it);
 * :mod:`.strategies` -- scratch, frozen, finetune, multitask, control (:data:`STRATEGIES`);
 * :mod:`.runner` -- one run: data selection, training (Lightning), validation/test evaluation;
-* :mod:`.study` -- plan of runs, resumable store (``runs/<run_id>.json``), parallel execution;
+* :mod:`.study` -- :func:`run_study`: the whole study, resumable, and its report;
+* :mod:`.plan` -- the runs of the study (:class:`~.plan.Task`, pretraining / tuning / final specs);
+* :mod:`.store` -- resumable store of finished runs (``runs/<run_id>.json``), the study data file;
+* :mod:`.execute` -- execution of the runs, in-process or in worker processes;
 * :mod:`.stats` -- mean ± std over seeds, paired bootstrap intervals against scratch;
 * :mod:`.report` -- ``summary.json``, ``results.md``, learning-curve and parity plots;
 * :mod:`.ship` -- export of the best model per property with a model card;
@@ -32,7 +35,7 @@ _LAZY = {
     "RunSpec": "runner",
     "execute_run": "runner",
     "run_study": "study",
-    "RunStore": "study",
+    "RunStore": "store",
     "StudyError": "study",
     "paired_bootstrap": "stats",
     "mean_std": "stats",
@@ -41,7 +44,21 @@ _LAZY = {
     "main_transfer": "cli",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # the names of _LAZY
+    "STRATEGIES",
+    "RunSpec",
+    "RunStore",
+    "StudyData",
+    "StudyError",
+    "build_module",
+    "execute_run",
+    "export_models",
+    "load_study_config",
+    "main_transfer",
+    "mean_std",
+    "paired_bootstrap",
+    "run_study",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -48,16 +48,16 @@ def synthetic_study_data(config: Mapping[str, Any]) -> Any:
 def planned_run_ids(config: Mapping[str, Any], data: Any) -> list[str]:
     """Every run id the study can plan: pretraining, tuning, and the final runs for every choice
     of tuning candidate (candidate k of all strategies, k = 0 .. max - 1), sorted."""
-    from irreptensor_ml.transfer import study
+    from irreptensor_ml.transfer import plan
 
-    pretrain = study.plan_pretrain(config, data)
+    pretrain = plan.plan_pretrain(config, data)
     ids = {s.run_id for s in pretrain.values()}
-    ids |= {s.run_id for s in study.plan_trials(config, data, pretrain)}
-    n = max(len(study.candidates(config, s)) for s in config["strategies"])
+    ids |= {s.run_id for s in plan.plan_trials(config, data, pretrain)}
+    n = max(len(plan.candidates(config, s)) for s in config["strategies"])
     for k in range(n):
         selection = {
-            t: {s: {"chosen": min(k, len(study.candidates(config, s)) - 1)} for s in config["strategies"]}
+            t: {s: {"chosen": min(k, len(plan.candidates(config, s)) - 1)} for s in config["strategies"]}
             for t in config["targets"]
         }
-        ids |= {s.run_id for s in study.plan_runs(config, data, pretrain, selection)}
+        ids |= {s.run_id for s in plan.plan_runs(config, data, pretrain, selection)}
     return sorted(ids)

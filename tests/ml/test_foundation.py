@@ -492,7 +492,9 @@ def test_foundation_frozen_trains_on_cached_features(tmp_path, monkeypatch):
     pytest.importorskip("sevenn")
     from irreptensor_ml.foundation import FoundationTrunk
     from irreptensor_ml.transfer import runner
-    from irreptensor_ml.transfer.study import RunStore, Task, make_spec, prepare_features
+    from irreptensor_ml.transfer.execute import prepare_features
+    from irreptensor_ml.transfer.plan import Task, make_spec
+    from irreptensor_ml.transfer.store import RunStore
 
     config, data = _foundation_study(tmp_path)
     spec = make_spec(config, data, {}, "foundation-frozen", "piezoelectric", 1.0, 0, 0)
@@ -522,7 +524,7 @@ def test_foundation_finetune_module_scales_the_trunk_lr(tmp_path):
     pytest.importorskip("sevenn")
     from irreptensor_ml.transfer.runner import _fit_normalizers, run_datasets
     from irreptensor_ml.transfer.strategies import build_module
-    from irreptensor_ml.transfer.study import make_spec
+    from irreptensor_ml.transfer.plan import make_spec
 
     config, data = _foundation_study(tmp_path)
     config["strategy_settings"] = {"foundation-finetune": {"trunk_lr_scale": 0.1}}
@@ -566,7 +568,7 @@ def _chained_study(tmp_path):
 
 
 def test_foundation_finetune_plans_its_start_from_the_chosen_frozen_run(tmp_path):
-    from irreptensor_ml.transfer.study import make_spec, plan_runs, plan_trials
+    from irreptensor_ml.transfer.plan import make_spec, plan_runs, plan_trials
 
     config, data = _chained_study(tmp_path)
     trials = plan_trials(config, data, {})
@@ -593,7 +595,9 @@ def test_foundation_finetune_continues_the_frozen_model(tmp_path):
     of ~0 it ends there), takes the spec's min_train_steps, and names a missing start model."""
     pytest.importorskip("sevenn")
     from irreptensor_ml.transfer import runner
-    from irreptensor_ml.transfer.study import RunStore, Task, make_spec, prepare_features
+    from irreptensor_ml.transfer.execute import prepare_features
+    from irreptensor_ml.transfer.plan import Task, make_spec
+    from irreptensor_ml.transfer.store import RunStore
 
     config, data = _chained_study(tmp_path)
     config["strategy_settings"]["foundation-finetune"].update({"optim.lr": 1e-12, "optim.min_lr": 1e-12})
@@ -644,7 +648,7 @@ def test_start_from_config_rules():
 def test_finetune_cpu_preset_reuses_the_foundation_cpu_runs(tmp_path):
     """Its scratch and foundation-frozen runs have foundation-cpu's ids (copied, not retrained)."""
     from irreptensor_ml.transfer.presets import load_study_config
-    from irreptensor_ml.transfer.study import make_spec
+    from irreptensor_ml.transfer.plan import make_spec
 
     from run_id_fixture import synthetic_study_data
 

@@ -23,15 +23,9 @@ import yaml
 from irreptensor_ml.transfer.presets import load_study_config
 from irreptensor_ml.transfer.runner import RunSpec, run_datasets
 from irreptensor_ml.transfer.strategies import build_module, trunk_state_from_model_state
-from irreptensor_ml.transfer.study import (
-    RunStore,
-    load_study_data,
-    plan_pretrain,
-    plan_runs,
-    run_study,
-    selection_from_records,
-    make_spec,
-)
+from irreptensor_ml.transfer.plan import make_spec, plan_pretrain, plan_runs, selection_from_records
+from irreptensor_ml.transfer.store import RunStore, load_study_data
+from irreptensor_ml.transfer.study import run_study
 
 REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = ["scratch", "frozen", "finetune", "multitask", "control"]
@@ -232,7 +226,7 @@ def test_selection_picks_lowest_mean_validation_error(study, tmp_path):
              "control": [{"optim.lr": 0.01}, {"optim.lr": 0.1}]}}},
         [f"results_dir={tmp_path}"],
     )
-    from irreptensor_ml.transfer.study import plan_trials
+    from irreptensor_ml.transfer.plan import plan_trials
 
     trials = plan_trials(cfg, data, plan_pretrain(cfg, data))
     assert len(trials) == 2 * 2 * 2  # strategies x candidates x tuning seeds

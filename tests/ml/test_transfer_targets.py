@@ -153,13 +153,13 @@ def test_study_data_from_the_data_module_keeps_the_part_targets():
 
 
 def test_part_target_shares_the_runs_of_its_property_with_a_parts_head():
-    from irreptensor_ml.transfer import study
+    from irreptensor_ml.transfer import plan
 
     config = load_study_config({**MICRO, "strategies": ["scratch", "frozen", "multitask", "control"],
                                 "targets": ["dielectric", "dielectric_electronic", "piezoelectric"]})
     data = data_with_parts(config)
-    pre = study.plan_pretrain(config, data)
-    runs = study.plan_runs(config, data, pre)
+    pre = plan.plan_pretrain(config, data)
+    runs = plan.plan_runs(config, data, pre)
     by = {(r.study_target, r.strategy): r for r in runs}
     for strat in ("scratch", "frozen", "multitask", "control"):
         total, part = by[("dielectric", strat)], by[("dielectric_electronic", strat)]
@@ -170,7 +170,7 @@ def test_part_target_shares_the_runs_of_its_property_with_a_parts_head():
     # single-task piezoelectric runs do not touch the parts: same ids as in a study without them
     alone = load_study_config({**MICRO, "strategies": ["scratch", "frozen", "multitask", "control"],
                                "targets": ["dielectric", "piezoelectric"]})
-    alone_by = {(r.study_target, r.strategy): r for r in study.plan_runs(alone, data, study.plan_pretrain(alone, data))}
+    alone_by = {(r.study_target, r.strategy): r for r in plan.plan_runs(alone, data, plan.plan_pretrain(alone, data))}
     assert by[("piezoelectric", "scratch")].run_id == alone_by[("piezoelectric", "scratch")].run_id
     assert not by[("piezoelectric", "scratch")].parts_fingerprint
     # a multitask piezoelectric run has a dielectric head, which predicts the parts here
@@ -179,11 +179,11 @@ def test_part_target_shares_the_runs_of_its_property_with_a_parts_head():
     # data without parts cannot serve a part target: refused at planning
     bare = synthetic_study_data(config)
     with pytest.raises(ValueError, match="no part targets"):
-        study.make_spec(config, bare, study.plan_pretrain(config, bare), "scratch", "dielectric_electronic", 1.0, 0, 0)
+        plan.make_spec(config, bare, plan.plan_pretrain(config, bare), "scratch", "dielectric_electronic", 1.0, 0, 0)
 
 
 def test_target_settings_and_target_strategies():
-    from irreptensor_ml.transfer import study
+    from irreptensor_ml.transfer import plan
 
     cfg = load_study_config({
         **MICRO, "targets": ["elastic", "dielectric", "piezoelectric"],
@@ -192,9 +192,9 @@ def test_target_settings_and_target_strategies():
         "target_settings": {"piezoelectric": {"optim.lr": 0.0014, "trainer.max_epochs": 3}},
     })
     data = data_with_parts(cfg)
-    assert study.pretraining_needed(cfg)  # frozen runs of dielectric and piezoelectric need it
-    pre = study.plan_pretrain(cfg, data)
-    runs = study.plan_runs(cfg, data, pre)
+    assert plan.pretraining_needed(cfg)  # frozen runs of dielectric and piezoelectric need it
+    pre = plan.plan_pretrain(cfg, data)
+    runs = plan.plan_runs(cfg, data, pre)
     pairs = {(r.study_target, r.strategy) for r in runs}
     assert ("elastic", "foundation-frozen") in pairs and ("elastic", "frozen") not in pairs
     assert ("piezoelectric", "frozen") in pairs
@@ -205,7 +205,7 @@ def test_target_settings_and_target_strategies():
     # unchanged targets keep their run ids
     plain = load_study_config({**MICRO, "targets": ["dielectric", "piezoelectric"], "strategies": ["scratch"]})
     plain_ids = {(r.study_target, r.strategy): r.run_id
-                 for r in study.plan_runs(plain, data, study.plan_pretrain(plain, data))}
+                 for r in plan.plan_runs(plain, data, plan.plan_pretrain(plain, data))}
     assert by[("dielectric", "scratch")].run_id == plain_ids[("dielectric", "scratch")]
     assert by[("piezoelectric", "scratch")].run_id != plain_ids[("piezoelectric", "scratch")]
     # the per-target loss and output reach the module (single task: only the target's head)
@@ -245,7 +245,8 @@ def test_config_validation_of_the_new_settings(bad, match):
 def micro_study(tmp_path_factory):
     """Pretraining + scratch/frozen/control on dielectric and dielectric_electronic (shared runs),
     exp outputs and the relative loss, one epoch each, with a baselines file for the report."""
-    from irreptensor_ml.transfer.study import RunStore, run_study
+    from irreptensor_ml.transfer.store import RunStore
+    from irreptensor_ml.transfer.study import run_study
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("targets")
@@ -270,7 +271,7 @@ def micro_study(tmp_path_factory):
 
 
 def test_part_target_runs_train_once_and_report_the_electronic_part(micro_study):
-    from irreptensor_ml.transfer import study as S
+    from irreptensor_ml.transfer import plan as S
 
     summary, store, data, config = (micro_study[k] for k in ("summary", "store", "data", "config"))
     pre = S.plan_pretrain(config, data)
@@ -331,7 +332,7 @@ def test_report_prints_every_row_beside_the_trivial_and_random_forest_baselines(
 def test_multitask_run_with_exp_outputs_and_a_parts_head(micro_study, tmp_path):
     """A multitask run trains the elastic and dielectric heads with exp outputs (their output
     maps fitted on the training targets) and the dielectric head with parts."""
-    from irreptensor_ml.transfer import study as S
+    from irreptensor_ml.transfer import plan as S
     from irreptensor_ml.transfer.runner import execute_run, evaluate_test
     from irreptensor_ml.train.checkpoint import load_model
 
@@ -371,11 +372,11 @@ def test_learn_cpu_preset():
     assert cfg["data"]["cutoff"] >= 5.0  # SevenNet-0's cutoff (foundation-frozen)
     # planned runs on the synthetic data: pretraining + 84 distinct final runs (the electronic
     # part shares the dielectric runs)
-    from irreptensor_ml.transfer import study
+    from irreptensor_ml.transfer import plan
 
     data = data_with_parts(cfg)
-    assert study.pretraining_needed(cfg)
-    finals = study.plan_runs(cfg, data, study.plan_pretrain(cfg, data))
+    assert plan.pretraining_needed(cfg)
+    finals = plan.plan_runs(cfg, data, plan.plan_pretrain(cfg, data))
     assert len(finals) == (2 + 6 * 3) * 2 * 3 and len({s.run_id for s in finals}) == (2 + 6 * 2) * 2 * 3
     # the GPU script keeps its default preset
     assert "PRESET=${PRESET:-full}" in (REPO / "scripts" / "run_full_study_gpu.sh").read_text()

@@ -11,7 +11,7 @@ import pytest
 
 _PARENT = r"""
 import concurrent.futures as cf, multiprocessing, os, sys, time
-from irreptensor_ml.transfer.study import exit_with_parent
+from irreptensor_ml.transfer.execute import exit_with_parent
 
 def init():
     exit_with_parent(interval=0.2)
@@ -52,7 +52,8 @@ def test_task_passes_the_study_settings_to_the_run(tmp_path, monkeypatch):
     chained run) to ``execute_run``."""
     from irreptensor_ml.transfer import runner
     from irreptensor_ml.transfer.presets import load_study_config
-    from irreptensor_ml.transfer.study import _do_task, make_spec
+    from irreptensor_ml.transfer.execute import _do_task
+    from irreptensor_ml.transfer.plan import make_spec
 
     from run_id_fixture import synthetic_study_data
 
