@@ -10,7 +10,8 @@ Modules:
 * :mod:`.study` -- :func:`run_study`: the whole study, resumable, and its report;
 * :mod:`.plan` -- the runs of the study (:class:`~.plan.Task`, pretraining / tuning / final specs);
 * :mod:`.store` -- resumable store of finished runs (``runs/<run_id>.json``), the study data file;
-* :mod:`.execute` -- execution of the runs, in-process or in worker processes;
+* :mod:`.execute` -- execution of the runs, in-process or on Dask (a local cluster or a
+  scheduler address);
 * :mod:`.stats` -- mean ± std over seeds, paired bootstrap intervals against scratch;
 * :mod:`.report` -- ``summary.json``, ``results.md``, learning-curve and parity plots;
 * :mod:`.ship` -- export of the best model per property with a model card;

@@ -7,7 +7,10 @@ Examples::
     irreptensor-ml transfer --preset learn-cpu                  # rerun on the tuned per-property models
                                                                 # (dielectric, its electronic part,
                                                                 # piezoelectric; + foundation-frozen), 2 cores
-    irreptensor-ml transfer --preset full --workers 8           # full study (GPU if present), resumable
+    irreptensor-ml transfer --preset full --workers 8           # full study on a local Dask cluster of 8
+                                                                # worker processes (GPU if present), resumable
+    irreptensor-ml transfer --preset full --scheduler-address tcp://node12:8786   # on a running Dask
+                                                                # cluster (e.g. dask-jobqueue on Slurm/PBS)
     irreptensor-ml transfer --preset foundation                 # SevenNet-0 trunk vs scratch (foundation extra)
     irreptensor-ml transfer --preset full --export-cache full.pt        # on a machine with pymatgen
     irreptensor-ml transfer --preset full --from-cache full.pt --workers 8  # anywhere (no pymatgen needed)
@@ -25,8 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["add_transfer_parser", "cmd_transfer", "main_transfer"]
 
@@ -44,7 +48,12 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="override a study-config entry, dotted key and YAML value, e.g. seeds=[0,1] "
                         "or train.trainer.max_epochs=5 (repeatable)")
     p.add_argument("--results-dir", default=None, help="output directory (default: the config's results_dir)")
-    p.add_argument("--workers", type=int, default=None, help="concurrent run processes (default: config)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="concurrent runs; > 1 starts a local Dask cluster of that many worker processes "
+                        "(default: config)")
+    p.add_argument("--scheduler-address", default=None, metavar="ADDRESS",
+                   help="run on the existing Dask cluster of this scheduler (tcp://host:8786, e.g. started "
+                        "with dask-jobqueue on Slurm/PBS; its workers must see the results directory)")
     p.add_argument("--from-cache", default=None, metavar="FILE",
                    help="use a study-data file written by --export-cache (no pymatgen needed)")
     p.add_argument("--export-cache", default=None, metavar="FILE",
@@ -95,7 +104,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     try:
         result = run_study(
             config, from_cache=args.from_cache, results_dir=args.results_dir, workers=args.workers,
-            dry_run=args.dry_run, report_only=args.report_only,
+            scheduler_address=args.scheduler_address, dry_run=args.dry_run, report_only=args.report_only,
         )
     except StudyError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

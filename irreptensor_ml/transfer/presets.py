@@ -58,7 +58,12 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
                          an empty mapping = no tuning (fixed settings).
 ``bootstrap``            ``n_resamples``, ``confidence``, ``seed`` of the paired bootstrap.
 ``eval_batch_size``      batch size of the metric passes.
-``workers``              concurrent run processes (``--workers`` overrides).
+``workers``              concurrent runs: ``> 1`` starts a local Dask cluster of that many worker
+                         processes (``--workers`` overrides); 1 runs them one after the other.
+``scheduler_address``    address of an existing Dask scheduler (``tcp://host:8786``, e.g. of a
+                         dask-jobqueue cluster on Slurm/PBS) to run on instead; its workers must see
+                         ``results_dir`` (``--scheduler-address`` overrides). ``workers`` and
+                         ``scheduler_address`` only say where runs execute: not part of run ids.
 
 :func:`load_study_config` merges a preset name (``quick``, ``full``), a YAML path or a dict over
 :data:`DEFAULTS`, applies ``"a.b=value"`` overrides and validates; unknown keys raise
@@ -119,6 +124,7 @@ DEFAULTS: dict[str, Any] = {
     "bootstrap": {"n_resamples": 10000, "confidence": 0.95, "seed": 0},
     "eval_batch_size": 64,
     "workers": 1,
+    "scheduler_address": None,
     "notes": [],  # free-text lines printed under the report's setup (e.g. how the runs were executed)
     "foundation": {
         "trunk": {"foundation": "7net-0", "layer": None, "scalar_layers": None, "parity": "symmetrize"},
@@ -303,6 +309,10 @@ def validate_study_config(config: Mapping[str, Any]) -> None:
         raise ValueError(f"min_train_steps must be an integer >= 0, got {config['min_train_steps']!r}")
     if not isinstance(config["workers"], int) or config["workers"] < 1:
         raise ValueError(f"workers must be an integer >= 1, got {config['workers']!r}")
+    address = config["scheduler_address"]
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(f"scheduler_address must be a Dask scheduler address (tcp://host:port) or null, "
+                         f"got {address!r}")
     if not isinstance(config["eval_batch_size"], int) or config["eval_batch_size"] < 1:
         raise ValueError(f"eval_batch_size must be an integer >= 1, got {config['eval_batch_size']!r}")
     settings = config["strategy_settings"]

@@ -1,13 +1,12 @@
 """The transfer study: :func:`run_study` runs (or resumes) the plan of runs and writes the report.
 
 The parts: :mod:`.plan` (which runs), :mod:`.store` (the files of finished runs, the study data),
-:mod:`.execute` (running them, in this process or in worker processes), :mod:`.report` (summary and
-report).
+:mod:`.execute` (running them, in this process or on Dask), :mod:`.report` (summary and report).
 
 Layout of ``results_dir``::
 
     study_config.yaml              the resolved study config of the last invocation
-    data/<fingerprint>.pt          the study data (weights-only; loaded by worker processes)
+    data/<fingerprint>.pt          the study data (weights-only; loaded by the Dask workers)
     runs/<run_id>.json             one record per finished run (spec, train info, val metrics,
                                    and -- for final runs -- test metrics)
     models/<run_id>.pt             best model of the run (weights-only, load_model format)
@@ -20,8 +19,8 @@ fraction, seed, resolved training config, trunk learning-rate scale, the pretrai
 starts from, the data fingerprint and a code version). A rerun of the study recomputes the plan,
 finds the records already stored and skips those runs, so an interrupted study resumes where it
 stopped -- also on another machine, since execution-only settings (accelerator, threads,
-``workers``) are not part of the id. Changing any setting of a run gives it a new id (it is
-redone; old records are left alone and ignored).
+``workers``, ``scheduler_address``) are not part of the id. Changing any setting of a run gives
+it a new id (it is redone; old records are left alone and ignored).
 
 Phases of :func:`run_study`:
 
@@ -41,10 +40,11 @@ Phases of :func:`run_study`:
    see :mod:`.runner`);
 4. statistics and report (:mod:`.stats`, :mod:`.report`).
 
-With ``workers > 1`` runs execute in that many spawned processes (each loads the study data
-file once); runs that need a pretrained trunk wait for their pretraining run, and runs of a
-strategy with ``start_from`` for the run they continue
-(:func:`~irreptensor_ml.transfer.execute.execute_tasks`).
+With ``workers > 1`` the runs execute on a local Dask cluster of that many worker processes, with
+``scheduler_address`` on an existing Dask cluster (e.g. Slurm or PBS jobs started by
+dask-jobqueue; its workers must see ``results_dir``); each worker loads the study data file once.
+Runs that need a pretrained trunk wait for their pretraining run, and runs of a strategy with
+``start_from`` for the run they continue (:func:`~irreptensor_ml.transfer.execute.execute_tasks`).
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def run_study(
     from_cache: str | os.PathLike[str] | None = None,
     results_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    scheduler_address: str | None = None,
     dry_run: bool = False,
     report_only: bool = False,
     report: bool = True,
@@ -103,7 +104,10 @@ def run_study(
         config: validated study config (:func:`~irreptensor_ml.transfer.presets.load_study_config`).
         from_cache: exported study-data file (no pymatgen needed); default: build from the data.
         results_dir: overrides ``config["results_dir"]``.
-        workers: overrides ``config["workers"]``.
+        workers: overrides ``config["workers"]`` (``> 1``: a local Dask cluster of that many
+            worker processes).
+        scheduler_address: overrides ``config["scheduler_address"]``: run on the Dask cluster of
+            that scheduler (e.g. ``tcp://node12:8786``) instead.
         dry_run: only print the plan (how many runs are stored / to do) and return it.
         report_only: train nothing; summarize the stored runs (:class:`StudyError` if any
             planned run is missing).
@@ -117,6 +121,8 @@ def run_study(
     cfg["results_dir"] = str(root)
     workers = int(workers or cfg["workers"])
     cfg["workers"] = workers
+    scheduler_address = scheduler_address or cfg.get("scheduler_address") or None
+    cfg["scheduler_address"] = scheduler_address
     store = RunStore(root)
     data = load_study_data(cfg, from_cache)
     data.check_union_split()
@@ -145,13 +151,15 @@ def run_study(
     import yaml
 
     (root / "study_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    data_path = data_file(root, data, from_cache) if workers > 1 and not report_only else None
+    on_dask = (workers > 1 or scheduler_address is not None) and not report_only
+    data_path = data_file(root, data, from_cache) if on_dask else None
     counts = data.counts()
-    log(f"study {cfg['name']!r}: data {data.fingerprint[:12]} {counts}; results in {root}; workers={workers}")
+    engine = f"scheduler {scheduler_address}" if scheduler_address else f"workers={workers}"
+    log(f"study {cfg['name']!r}: data {data.fingerprint[:12]} {counts}; results in {root}; {engine}")
     failures: dict[str, str] = {}
     common: dict[str, Any] = {
-        "workers": workers, "data_path": data_path, "min_train_steps": int(cfg["min_train_steps"]),
-        "eval_batch_size": int(cfg["eval_batch_size"]), "log": log,
+        "workers": workers, "data_path": data_path, "scheduler_address": scheduler_address,
+        "min_train_steps": int(cfg["min_train_steps"]), "eval_batch_size": int(cfg["eval_batch_size"]), "log": log,
     }
     selection = None
 
