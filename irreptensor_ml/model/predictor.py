@@ -13,6 +13,11 @@ dielectric and elastic tensors), so ``forward`` returns irreps vectors in PHYSIC
 (``irreptensor.compose(x, kind)`` gives the Cartesian tensor) and the model is the one object
 that ``predict``, ``evaluate`` and the transfer study use.  Heads can be added or replaced
 without touching the trunk, and the trunk can be frozen for transfer learning.
+
+Transfer learning copies a trained trunk into a new predictor with :func:`transfer_trunk` (the one
+way to do it: ``irreptensor-ml train`` with ``model.pretrained_trunk`` and the transfer study's
+``frozen``/``finetune`` strategies both use it); :func:`trunk_state` takes the trunk weights out
+of a predictor or of its state dict.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .heads import build_head
 from .outputs import OutputMap
 from .trunk import EquivariantTrunk
 
-__all__ = ["TensorPredictor", "build_trunk", "property_irreps"]
+__all__ = ["TensorPredictor", "build_trunk", "property_irreps", "transfer_trunk", "trunk_state"]
 
 
 def build_trunk(config: Mapping[str, Any] | None = None) -> nn.Module:
@@ -207,3 +212,59 @@ class TensorPredictor(nn.Module):
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
         """Physical irreps ``{property: (num_graphs, dim)}`` (layout ``irreptensor.irreps(kind)``)."""
         return self.forward_latent(batch)[1]
+
+
+TRUNK_PREFIX = "trunk."
+
+
+def trunk_state(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk weights of ``source`` as a state dict without the ``trunk.`` prefix (what
+    ``predictor.trunk.load_state_dict`` takes).
+
+    ``source`` is a :class:`TensorPredictor` (or any module with a ``trunk``), a trunk module, or
+    the state dict of a predictor (its ``trunk.*`` entries, e.g. the ``state_dict`` of a
+    ``model.pt``).  ``ValueError`` when a state dict has no ``trunk.*`` entry."""
+    if isinstance(source, nn.Module):
+        trunk = getattr(source, "trunk", None)
+        return dict((trunk if isinstance(trunk, nn.Module) else source).state_dict())
+    out = {k[len(TRUNK_PREFIX):]: v for k, v in source.items() if k.startswith(TRUNK_PREFIX)}
+    if not out:
+        raise ValueError("state dict has no 'trunk.*' entries (not a TensorPredictor state?)")
+    return out
+
+
+def transfer_trunk(
+    predictor: nn.Module,
+    source: nn.Module | Mapping[str, torch.Tensor],
+    *,
+    what: str = "pretrained trunk",
+) -> None:
+    """Copy the trunk weights of ``source`` into ``predictor.trunk`` (the heads are untouched).
+
+    Args:
+        predictor: a :class:`TensorPredictor` whose trunk has the source's architecture (build it
+            from the source's ``trunk.config``: the settings that are not weights, such as the
+            cutoff, are the predictor's).
+        source: a trained predictor or trunk module, or a trunk state dict (``trunk.*`` keys
+            without the prefix, :func:`trunk_state`).
+        what: how the source is named in the error message.
+
+    Raises:
+        ValueError: the architectures differ (missing or unexpected weights, other shapes); one
+            line naming the first differences.  Nothing is copied then.
+    """
+    if isinstance(source, nn.Module):
+        state = trunk_state(source)
+    else:
+        state = dict(source)
+    own = predictor.trunk.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{what} does not match the trunk architecture: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}"
+        )
+    predictor.trunk.load_state_dict(state, strict=True)

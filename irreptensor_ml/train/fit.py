@@ -62,6 +62,7 @@ from irreptensor_ml.data.datamodule import TensorDataModule
 from irreptensor_ml.train.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
+    load_model,
     newest_checkpoint,
     save_model,
 )
@@ -235,6 +236,18 @@ def build_trainer(
     )
 
 
+def _pretrained_trunk(model_cfg: dict[str, Any]) -> torch.nn.Module | None:
+    """Transfer learning (``model.pretrained_trunk``: a ``model.pt``, ``.ckpt`` or run directory):
+    the pretrained model's trunk, whose settings replace ``model_cfg["trunk"]`` (in place; the
+    module records them, so its checkpoints restore without the pretrained file); ``None``
+    without ``pretrained_trunk``."""
+    if not model_cfg.get("pretrained_trunk"):
+        return None
+    pretrained, _, _ = load_model(model_cfg["pretrained_trunk"])
+    model_cfg["trunk"] = dict(pretrained.trunk.config)
+    return pretrained.trunk
+
+
 def _is_rank_zero_process() -> bool:
     """Whether this process is global rank 0 by its environment: every rank variable a DDP
     launcher sets (Lightning's workers, torchrun, SLURM, other nodes) is unset or 0.  Only this
@@ -380,6 +393,7 @@ def _fit_locked(
             if datamodule is not None:
                 cfg["data"] = dm.config.to_dict()
 
+            trunk_state = _pretrained_trunk(cfg["model"])
             module = TensorLightningModule(
                 irreps=dm.irreps,
                 model=cfg["model"],
@@ -388,6 +402,7 @@ def _fit_locked(
                 max_epochs=int(cfg["trainer"]["max_epochs"]),
                 run_config=cfg,
                 train_targets=dm.training_targets(),
+                trunk_state=trunk_state,
             )
             # the effective trunk (a pretrained trunk brings its own settings) must match the graphs
             if module.model.trunk.cutoff != float(cfg["data"]["cutoff"]):

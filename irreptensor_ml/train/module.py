@@ -37,7 +37,7 @@ from torchmetrics import MeanMetric
 
 from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.metrics import RELATIVE_ERROR_FLOORS
-from irreptensor_ml.model import TensorPredictor
+from irreptensor_ml.model import TensorPredictor, transfer_trunk
 
 __all__ = ["TensorLightningModule", "masked_loss"]
 
@@ -114,10 +114,11 @@ class TensorLightningModule(lightning.LightningModule):
         irreps: ``{property: irreps string}`` (one head per property, e.g. the data module's
             ``irreps``).
         model: ``{"trunk": {...}, "heads": {prop: {"irreps_hidden": ...}}, "pretrained_trunk":
-            path or None, "freeze_trunk": bool}``.  With ``pretrained_trunk`` (a ``model.pt``,
-            ``.ckpt`` or run directory) the trunk's architecture and weights are taken from that
-            model (its ``trunk`` settings replace the given ones; the heads are new), for
-            transfer learning; ``freeze_trunk`` then trains only the heads.
+            path or None, "freeze_trunk": bool}``.  ``freeze_trunk`` trains only the heads.
+            ``pretrained_trunk`` is only recorded here (the module reads no file): the training
+            driver (:func:`~irreptensor_ml.train.fit.fit`) resolves it, puts the pretrained
+            trunk's settings into ``trunk`` and passes its weights as ``trunk_state``, so a
+            checkpoint restores without the pretrained file.
             ``outputs: {prop: "linear"|"exp"}`` selects each head's output transform
             (:class:`~irreptensor_ml.model.outputs.OutputMap`; default ``linear``).
         loss: ``{"type": name or {prop: name}, "smooth_l1_beta": float, "weights": {prop: float}}``
@@ -134,6 +135,10 @@ class TensorLightningModule(lightning.LightningModule):
         max_epochs: length of the cosine schedule.
         run_config: the full training configuration, stored in the checkpoint's hyper-parameters
             (for provenance and :func:`~irreptensor_ml.train.checkpoint.load_model`).
+        trunk_state: trunk weights to start from, for transfer learning (not a hyper-parameter):
+            a trained predictor or trunk module, or a trunk state dict, copied with
+            :func:`~irreptensor_ml.model.transfer_trunk` (``model.trunk`` must describe its
+            architecture).
 
     Logged metrics: ``train/loss``, ``val/loss`` (monitored by checkpointing / early stopping),
     ``{train,val}/loss_<prop>`` and ``val/mae_<prop>`` (mean absolute error per irrep component
@@ -150,6 +155,7 @@ class TensorLightningModule(lightning.LightningModule):
         max_epochs: int = 100,
         run_config: Mapping[str, Any] | None = None,
         train_targets: Mapping[str, torch.Tensor] | None = None,
+        trunk_state: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if not irreps:
@@ -160,13 +166,6 @@ class TensorLightningModule(lightning.LightningModule):
         unknown = sorted(set(model) - _MODEL_KEYS)
         if unknown:
             raise ValueError(f"unknown model setting(s) {unknown}; known: {sorted(_MODEL_KEYS)}")
-        pretrained = None
-        if model.get("pretrained_trunk"):
-            # transfer learning: the trunk architecture and weights come from an earlier model
-            from irreptensor_ml.train.checkpoint import load_model
-
-            pretrained, _, _ = load_model(model["pretrained_trunk"])
-            model["trunk"] = dict(pretrained.trunk.config)
         self.save_hyperparameters(
             {
                 "irreps": {p: str(s) for p, s in irreps.items()},
@@ -192,8 +191,8 @@ class TensorLightningModule(lightning.LightningModule):
         for prop, transform in outputs.items():
             heads[prop]["output"] = str(transform)
         self.model = TensorPredictor(trunk=dict(model.get("trunk") or {}), heads=heads)
-        if pretrained is not None:
-            self.model.trunk.load_state_dict(pretrained.trunk.state_dict())
+        if trunk_state is not None:
+            transfer_trunk(self.model, trunk_state)
         if model.get("freeze_trunk"):
             self.model.freeze_trunk()
         self.properties = list(irreps)

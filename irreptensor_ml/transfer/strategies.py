@@ -54,6 +54,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from irreptensor_ml.data.normalization import IrrepNormalizer
+from irreptensor_ml.model import trunk_state as _trunk_state
 from irreptensor_ml.transfer.registry import (  # noqa: F401  (re-exported)
     FOUNDATION_STRATEGIES,
     START_FROM,
@@ -106,11 +107,9 @@ def get_strategy(name: str) -> Strategy:
 
 def trunk_state_from_model_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``trunk.*`` entries of a :class:`~irreptensor_ml.model.TensorPredictor` state dict,
-    with the prefix removed (what ``model.trunk.load_state_dict`` takes)."""
-    out = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
-    if not out:
-        raise ValueError("state dict has no 'trunk.*' entries (not a TensorPredictor state?)")
-    return out
+    with the prefix removed (what ``model.trunk.load_state_dict`` takes):
+    :func:`irreptensor_ml.model.trunk_state`."""
+    return _trunk_state(state)
 
 
 class TransferLightningModule(TensorLightningModule):
@@ -125,6 +124,7 @@ class TransferLightningModule(TensorLightningModule):
             total plus those of the parts).
         train_targets: physical training targets that fit the output maps of heads with an
             ``exp`` output or with parts (see :class:`TensorLightningModule`).
+        trunk_state: pretrained trunk to start from (see :class:`TensorLightningModule`).
     """
 
     def __init__(
@@ -141,9 +141,10 @@ class TransferLightningModule(TensorLightningModule):
         freeze_trunk: bool = False,
         monitor_property: str | None = None,
         train_targets: Mapping[str, torch.Tensor] | None = None,
+        trunk_state: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__(irreps, model, loss, optim, normalizers, max_epochs, run_config,
-                         train_targets=train_targets)
+                         train_targets=train_targets, trunk_state=trunk_state)
         if not (isinstance(trunk_lr_scale, (int, float)) and trunk_lr_scale > 0 and math.isfinite(trunk_lr_scale)):
             raise ValueError(f"trunk_lr_scale must be a finite number > 0, got {trunk_lr_scale!r}")
         monitor_property = monitor_property or next(iter(irreps))
@@ -209,8 +210,11 @@ def build_module(
             (:func:`foundation_model_config`).
         normalizers: ``{property: IrrepNormalizer}`` for every head (fitted on the run's
             training targets).
-        trunk_state: pretrained trunk state (``trunk.*`` keys without the prefix); required by
-            ``frozen``/``finetune`` and refused by the others.
+        trunk_state: pretrained trunk state (``trunk.*`` keys without the prefix,
+            :func:`trunk_state_from_model_state`) or trunk module, copied into the new model with
+            :func:`irreptensor_ml.model.transfer_trunk` (the way ``irreptensor-ml train`` copies
+            ``model.pretrained_trunk``); required by ``frozen``/``finetune`` and refused by the
+            others.
         trunk_lr_scale: trunk learning-rate factor (only ``finetune`` and
             ``foundation-finetune`` may use a value != 1).
         properties: study properties (default: all keys of ``irreps``).
@@ -266,12 +270,6 @@ def build_module(
         freeze_trunk=not strat.train_trunk,
         monitor_property=target,
         train_targets=fit or None,
+        trunk_state=trunk_state,  # copied by irreptensor_ml.model.transfer_trunk (architecture checked)
     )
-    if trunk_state is not None:
-        missing_keys, unexpected = module.model.trunk.load_state_dict(dict(trunk_state), strict=False)
-        if missing_keys or unexpected:
-            raise ValueError(
-                "pretrained trunk does not match the study's trunk architecture: "
-                f"missing {list(missing_keys)[:5]}, unexpected {list(unexpected)[:5]}"
-            )
     return module

@@ -88,6 +88,31 @@ def test_fit_records_exports_and_resumes(tmp_path, cache_dir):
     assert _epochs(run / "metrics.csv") == [0, 1]
 
 
+def test_pretrained_trunk_run_restores_without_the_pretrained_file(tmp_path, cache_dir):
+    """``model.pretrained_trunk`` (resolved by fit, copied by transfer_trunk) starts the run from
+    that model's trunk; its checkpoints and model.pt hold the trunk, so they load after the
+    pretrained file is gone."""
+    from irreptensor_ml.model import TensorPredictor
+    from irreptensor_ml.train import save_model
+
+    torch.manual_seed(5)
+    trunk_cfg = load_config("tiny")["model"]["trunk"]
+    source = TensorPredictor(trunk_cfg, {"elastic": None})
+    pre = save_model(tmp_path / "pre" / "model.pt", source, {"data": {"cutoff": trunk_cfg["cutoff"]}})
+    run = tmp_path / "run"
+    fit("tiny", run, [f"data.cache_dir={cache_dir}", f"model.pretrained_trunk={pre}", "model.freeze_trunk=true"])
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["config"]["model"]["pretrained_trunk"] == str(pre)
+    assert info["config"]["model"]["trunk"] == dict(source.trunk.config)
+    expected = source.trunk.state_dict()
+    pre.unlink()
+    module = TensorLightningModule.load_from_checkpoint(info["best_checkpoint"], weights_only=True)
+    assert module.hparams["model"]["pretrained_trunk"] == str(pre)
+    for loaded in (module.model, load_model(run)[0], load_model(info["best_checkpoint"])[0]):
+        state = loaded.trunk.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in expected.items())  # frozen: the pretrained trunk
+
+
 def test_load_model_rejects_foreign_files(tmp_path):
     bad = tmp_path / "x.pt"
     torch.save({"weights": torch.zeros(3)}, bad)

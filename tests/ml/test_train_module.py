@@ -193,26 +193,34 @@ def test_config_defaults_overrides_and_validation():
 
 
 def test_pretrained_trunk_is_loaded_and_frozen(tmp_path):
-    from irreptensor_ml.model import TensorPredictor
-    from irreptensor_ml.train import save_model
+    """The module copies a given ``trunk_state`` (transfer_trunk) and reads no file itself:
+    ``model.pretrained_trunk`` is only recorded (fit resolves it, see test_train_fit)."""
+    from irreptensor_ml.model import TensorPredictor, trunk_state
 
     torch.manual_seed(3)
     source = TensorPredictor(TINY_MODEL["trunk"], {"dielectric": "1x0e+1x2e"})
-    norms = _normalizers(np.random.default_rng(2))
-    source.outputs["dielectric"].load_normalizer(norms["dielectric"].state_dict())
-    path = save_model(tmp_path / "model.pt", source)
-    # the given trunk settings are replaced by the pretrained trunk's
-    other_trunk = {**TINY_MODEL["trunk"], "num_basis": 6}
-    module = TensorLightningModule(
-        {"piezoelectric": IRREPS["piezoelectric"]},
-        {"trunk": other_trunk, "pretrained_trunk": str(path), "freeze_trunk": True},
-    )
-    assert module.model.trunk.config == source.trunk.config
-    assert module.hparams["model"]["trunk"]["num_basis"] == 4
-    for key, value in source.trunk.state_dict().items():
-        assert torch.equal(module.model.trunk.state_dict()[key], value), key
-    assert not any(p.requires_grad for p in module.model.trunk.parameters())
-    assert all(p.requires_grad for p in module.model.heads.parameters())
+    missing = str(tmp_path / "not-there.pt")
+    for given in (source, source.trunk, trunk_state(source), trunk_state(source.state_dict())):
+        module = TensorLightningModule(
+            {"piezoelectric": IRREPS["piezoelectric"]},
+            {"trunk": dict(source.trunk.config), "pretrained_trunk": missing, "freeze_trunk": True},
+            trunk_state=given,
+        )
+        assert module.model.trunk.config == source.trunk.config
+        assert module.hparams["model"]["pretrained_trunk"] == missing
+        assert "trunk_state" not in module.hparams
+        for key, value in source.trunk.state_dict().items():
+            assert torch.equal(module.model.trunk.state_dict()[key], value), key
+        assert not any(p.requires_grad for p in module.model.trunk.parameters())
+        assert all(p.requires_grad for p in module.model.heads.parameters())
+    # without trunk_state the recorded path is not read (a restored checkpoint needs no such file)
+    module = TensorLightningModule({"piezoelectric": IRREPS["piezoelectric"]},
+                                   {"trunk": dict(source.trunk.config), "pretrained_trunk": missing})
+    assert any(not torch.equal(module.model.trunk.state_dict()[k], v) for k, v in source.trunk.state_dict().items())
+    # another architecture is refused, naming the difference
+    with pytest.raises(ValueError, match="does not match the trunk architecture.*other shapes"):
+        TensorLightningModule({"piezoelectric": IRREPS["piezoelectric"]},
+                              {"trunk": {**TINY_MODEL["trunk"], "num_basis": 6}}, trunk_state=source)
     with pytest.raises(ValueError, match="unknown model setting"):
         TensorLightningModule(IRREPS, {**TINY_MODEL, "freeze": True})
     with pytest.raises(ValueError, match="does not exist"):
