@@ -47,20 +47,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import lightning
 import torch
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import (
-    EarlyStopping,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    TQDMProgressBar,
-)
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from irreptensor_ml.data.datamodule import TensorDataModule
 from irreptensor_ml.train.checkpoint import (
-    CHECKPOINT_DIR,
     MODEL_FILE,
     load_model,
     newest_checkpoint,
@@ -74,9 +64,9 @@ from irreptensor_ml.train.provenance import (
     python_command,
     read_metrics_csv,
     write_json,
-    write_metrics_csv,
     write_yaml,
 )
+from irreptensor_ml.train.trainer import MONITOR, build_trainer  # noqa: F401  (re-exported)
 
 try:
     import fcntl
@@ -84,23 +74,6 @@ except ImportError:  # pragma: no cover - not POSIX: no run-directory lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["fit", "build_trainer", "MONITOR", "RunDirectoryLocked", "TrainingInterrupted", "EXIT_SIGTERM"]
-
-#: default metric watched by checkpointing and early stopping (``TensorLightningModule.monitor``).
-MONITOR = "val/loss"
-_TRAINER_PASSTHROUGH = (
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-    "gradient_clip_val",
-    "log_every_n_steps",
-    "enable_progress_bar",
-    "deterministic",
-    "limit_train_batches",
-    "limit_val_batches",
-)
-
 
 #: exit status of a training stopped by SIGTERM (the shell's 128 + signal number).
 EXIT_SIGTERM = 128 + int(signal.SIGTERM)
@@ -126,114 +99,6 @@ class TrainingInterrupted(SystemExit):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class _RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that follows a moved run directory.
-
-    Lightning keeps the best/last bookkeeping of a checkpoint only if its recorded ``dirpath``
-    is the current one; after a move it forgets it (the old best file is never replaced, the
-    next ``last.ckpt`` becomes ``last-v1.ckpt``).  Here paths recorded under the old folder are
-    mapped into the current one, since a run only resumes from its own checkpoints.  The state
-    key is ``ModelCheckpoint``'s, so checkpoints written by either class resume alike."""
-
-    @property
-    def state_key(self) -> str:
-        key = super().state_key
-        return "ModelCheckpoint" + key[len(type(self).__qualname__):]
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        old = state_dict.get("dirpath")
-        if old and self.dirpath and os.path.normpath(old) != os.path.normpath(self.dirpath):
-            def moved(path: Any) -> Any:
-                if not isinstance(path, str) or not path:
-                    return path
-                rel = os.path.relpath(path, old)
-                return path if rel.startswith("..") else os.path.join(self.dirpath, rel)
-
-            state_dict = dict(state_dict, dirpath=self.dirpath)
-            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-                if key in state_dict:
-                    state_dict[key] = moved(state_dict[key])
-            if "best_k_models" in state_dict:
-                state_dict["best_k_models"] = {moved(k): v for k, v in state_dict["best_k_models"].items()}
-        super().load_state_dict(state_dict)
-
-
-class _HistoryWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that ``metrics.csv`` holds the earlier sessions' rows
-    followed by this session's and is replaced atomically at each save: Lightning's writer
-    deletes the file when a session starts and appends to it, which loses the history of a
-    resume that does not end normally."""
-
-    def __init__(self, log_dir: str, history: Sequence[Mapping[str, Any]]) -> None:
-        self._rows: list[Mapping[str, Any]] = list(history)
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        """Keep the earlier ``metrics.csv``: the first save replaces it, merged."""
-
-    def save(self) -> None:
-        if self.metrics:
-            self._rows.extend(self.metrics)
-            self.metrics = []
-            write_metrics_csv(self.metrics_file_path, self._rows)
-
-
-class _HistoryCSVLogger(CSVLogger):
-    """CSV logger of ``run_dir/metrics.csv`` (and ``hparams.yaml``) that keeps ``history`` (the
-    rows of earlier sessions) and saves after every checkpoint, so the file on disk is never
-    older than the newest checkpoint."""
-
-    def __init__(self, run_dir: Path, history: Sequence[Mapping[str, Any]] = ()) -> None:
-        super().__init__(save_dir=str(run_dir), name="", version="")
-        self._history = list(history)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _HistoryWriter(self.log_dir, self._history)
-        return self._experiment
-
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        self.save()
-
-
-def build_trainer(
-    config: Mapping[str, Any],
-    run_dir: Path,
-    monitor: str = MONITOR,
-    history: Sequence[Mapping[str, Any]] = (),
-) -> lightning.Trainer:
-    """Lightning ``Trainer`` with checkpointing (``save_last``, best by ``monitor``), early
-    stopping on ``monitor``, LR monitor, progress bar and a CSV logger writing
-    ``run_dir/metrics.csv`` (after the rows ``history`` of earlier sessions)."""
-    tcfg = dict(config["trainer"])
-    callbacks: list[lightning.Callback] = [
-        _RunCheckpoint(
-            dirpath=Path(run_dir) / CHECKPOINT_DIR,
-            filename="best-{epoch:04d}",
-            monitor=monitor,
-            mode="min",
-            save_top_k=1,
-            save_last=True,
-            enable_version_counter=False,  # last.ckpt is replaced, never joined by last-v1.ckpt
-        ),
-        EarlyStopping(monitor=monitor, mode="min", patience=int(tcfg["early_stopping_patience"])),
-        LearningRateMonitor(logging_interval="epoch"),
-    ]
-    if tcfg.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, int(tcfg.get("log_every_n_steps", 10)))))
-    kwargs = {k: tcfg[k] for k in _TRAINER_PASSTHROUGH if tcfg.get(k) is not None}
-    return lightning.Trainer(
-        max_epochs=int(tcfg["max_epochs"]),
-        callbacks=callbacks,
-        logger=_HistoryCSVLogger(Path(run_dir), history),
-        default_root_dir=str(run_dir),
-        **kwargs,
-    )
 
 
 def _pretrained_trunk(model_cfg: dict[str, Any]) -> torch.nn.Module | None:

@@ -1,8 +1,9 @@
 """Execute one run of the transfer study: select data, build the strategy's model, train, evaluate.
 
 A run is described by a :class:`RunSpec` (plain data; its :attr:`RunSpec.run_id` is a hash of
-everything that determines the result). :func:`execute_run` trains it with Lightning
-(early stopping and best-epoch selection on the validation loss of the run's target property),
+everything that determines the result). :func:`execute_run` trains it with the Lightning trainer
+of ``irreptensor-ml train`` (:func:`irreptensor_ml.train.build_trainer`: early stopping and
+best-epoch selection by ``ModelCheckpoint`` on the validation loss of the run's target property),
 exports the best model as a weights-only ``model.pt`` (:func:`irreptensor_ml.train.save_model`
 format, so :func:`irreptensor_ml.train.load_model` and ``predict`` read it), and returns a
 JSON-ready record with the validation metrics. :func:`evaluate_test` evaluates a stored model
@@ -48,6 +49,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -62,6 +64,7 @@ from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.evaluate import collect_predictions, compute_metrics
 from irreptensor_ml.metrics import frobenius_norm
 from irreptensor_ml.train.checkpoint import load_model, save_model
+from irreptensor_ml.train.trainer import MonitorHistory, build_trainer
 from irreptensor_ml.transfer.strategies import (
     build_module,
     get_strategy,
@@ -281,29 +284,6 @@ def _loader(dataset: Any, data: StudyData, props: Sequence[str], batch_size: int
 # ---------------------------------------------------------------------------------- training
 
 
-class BestState(lightning.Callback):
-    """Keep (on CPU) the module state of the epoch with the lowest ``monitor`` value."""
-
-    def __init__(self, monitor: str) -> None:
-        self.monitor = monitor
-        self.best: float = math.inf
-        self.best_epoch: int = -1
-        self.state: dict[str, torch.Tensor] | None = None
-        self.history: list[float] = []
-
-    def on_validation_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            raise ValueError(f"metric {self.monitor!r} was not logged; logged: {sorted(trainer.callback_metrics)}")
-        value = float(value)
-        self.history.append(value)
-        if math.isfinite(value) and value < self.best:
-            self.best, self.best_epoch = value, int(trainer.current_epoch)
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
-
-
 def epochs_for(train_config: Mapping[str, Any], n_train: int, min_train_steps: int) -> tuple[int, int]:
     """``(max_epochs, early_stopping_patience)`` for a training set of ``n_train`` samples.
 
@@ -323,27 +303,42 @@ def epochs_for(train_config: Mapping[str, Any], n_train: int, min_train_steps: i
     return epochs, patience
 
 
-def _build_trainer(train_config: Mapping[str, Any], max_epochs: int, patience: int, monitor: str,
-                   best: BestState) -> lightning.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping
+def _train(
+    spec: RunSpec,
+    module: lightning.LightningModule,
+    cfg: Mapping[str, Any],
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    max_epochs: int,
+    patience: int,
+    workdir: Path,
+) -> tuple[int, float, list[float], int]:
+    """Train ``module`` with the trainer of :func:`irreptensor_ml.train.build_trainer` (one device,
+    no logger, no sanity check) and load the weights of its best epoch: the lowest finite
+    ``module.monitor`` (Lightning's ``ModelCheckpoint``, weights only, in a temporary folder
+    under ``workdir`` removed afterwards; early stopping on the same metric).
 
-    t = dict(train_config["trainer"])
-    kwargs: dict[str, Any] = {}
-    for key in ("precision", "gradient_clip_val", "deterministic", "limit_train_batches", "limit_val_batches"):
-        if t.get(key) is not None:
-            kwargs[key] = t[key]
-    return lightning.Trainer(
-        accelerator=t.get("accelerator", "auto"),
-        devices=1,
-        max_epochs=int(max_epochs),
-        callbacks=[EarlyStopping(monitor=monitor, mode="min", patience=int(patience)), best],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=bool(t.get("enable_progress_bar", False)),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    Returns ``(best epoch, best monitored value, monitored value of every epoch, epochs run)``;
+    ``ValueError`` when no epoch has a finite monitored value."""
+    history = MonitorHistory(module.monitor)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".train-", dir=workdir) as tmp:
+        trainer = build_trainer(
+            cfg, tmp, module.monitor,
+            max_epochs=max_epochs, patience=patience, logging=False, resumable=False,
+            progress_bar=bool(cfg["trainer"].get("enable_progress_bar", False)), callbacks=[history],
+            devices=1, num_nodes=1, strategy="auto", num_sanity_val_steps=0, enable_model_summary=False,
+        )
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        ckpt = trainer.checkpoint_callback
+        # a NaN value is stored as +inf and never replaces a finite best; early stopping ends the
+        # training at the first non-finite value, so a non-finite best means no finite epoch
+        score = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
+        if score is None or not math.isfinite(score) or not ckpt.best_model_path:
+            raise ValueError(f"run {spec.run_id}: no finite validation loss in {len(history.values)} epochs")
+        best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    return int(best["epoch"]), score, history.values, int(trainer.current_epoch)
 
 
 def _fit_normalizers(train: Any, heads: Sequence[str], irreps: Mapping[str, str]) -> dict[str, IrrepNormalizer]:
@@ -495,14 +490,11 @@ def execute_run(
         min_train_steps = spec.min_train_steps
     max_epochs, patience = epochs_for(cfg, len(sets["train"]), min_train_steps)
     module.max_epochs = max_epochs  # cosine schedule length follows the scaled epochs
-    best = BestState(module.monitor)
-    trainer = _build_trainer(cfg, max_epochs, patience, module.monitor, best)
     train_loader = _loader(sets["train"], data, keys, batch_size, dtype, shuffle=True)
     val_loader = _loader(sets["val"], data, keys, batch_size, dtype, shuffle=False)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
-    if best.state is None:
-        raise ValueError(f"run {spec.run_id}: no finite validation loss in {len(best.history)} epochs")
-    module.load_state_dict(best.state)
+    best_epoch, best_val_loss, history, epochs_run = _train(
+        spec, module, cfg, train_loader, val_loader, max_epochs, patience, Path(model_path).parent,
+    )
     module = module.cpu().eval()
 
     model = module.model
@@ -526,11 +518,11 @@ def execute_run(
         "n_test": sets["test"].count(spec.target),
         "max_epochs": max_epochs,
         "early_stopping_patience": patience,
-        "epochs_run": int(trainer.current_epoch),
-        "best_epoch": best.best_epoch,
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
         "monitor": module.monitor,
-        "best_val_loss": best.best,
-        "val_loss_history": [_finite(v) for v in best.history],
+        "best_val_loss": best_val_loss,
+        "val_loss_history": [_finite(v) for v in history],
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "num_trainable_parameters": num_trainable,
     }

@@ -384,7 +384,7 @@ def test_checkpoint_callback_state_key_matches_lightning(tmp_path):
     the best/last bookkeeping: the callback's state key is unchanged."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from irreptensor_ml.train.fit import _RunCheckpoint
+    from irreptensor_ml.train.trainer import _RunCheckpoint
 
     kwargs = {"dirpath": tmp_path, "monitor": "val/loss", "mode": "min", "save_top_k": 1, "save_last": True}
     assert _RunCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
