@@ -94,7 +94,6 @@ def _model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.devi
     return (p.dtype, p.device) if p is not None else (torch.get_default_dtype(), torch.device("cpu"))
 
 
-@torch.no_grad()
 def collect_predictions(
     model: torch.nn.Module,
     batches: Iterable[Any],
@@ -102,11 +101,14 @@ def collect_predictions(
 ) -> dict[str, PropertyPredictions]:
     """Run ``model`` over ``batches`` and gather its predictions with their targets.
 
+    The pass is Lightning's ``Trainer.predict`` (:func:`irreptensor_ml.train.trainer.predict_batches`:
+    no gradients, eval mode, on the model's device; the model's mode is restored afterwards).
+
     Args:
         model: ``TensorPredictor``-like module, ``model(batch) -> {prop: (B, dim)}`` in physical
             irreps units (the normalization and output transform live in the model).
-        batches: iterable of :class:`~irreptensor_ml.data.batch.Batch` (targets in physical
-            irreps units, ``masks[prop]`` marking samples that have the property).
+        batches: ``DataLoader`` or iterable of :class:`~irreptensor_ml.data.batch.Batch` (targets
+            in physical irreps units, ``masks[prop]`` marking samples that have the property).
         properties: properties to collect; default every head.  A head with parts also gives
             ``"<prop>_<part>"`` entries (where the batches have those targets).
 
@@ -125,26 +127,34 @@ def collect_predictions(
     kinds = {p: p for p in props}  # output key -> tensor kind; a part has its property's kind
     for p in props:
         kinds.update({f"{p}_{part}": p for part in model.outputs[p].parts})
-    dtype, device = _model_dtype_device(model)
-    was_training = model.training
-    model.eval()
+    dtype, _ = _model_dtype_device(model)
+
+    def step(net: torch.nn.Module, batch: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """``{key: (pred, true, material ids)}`` of the rows of ``batch`` that have the key."""
+        present = [p for p in kinds if p in batch.masks and bool(batch.masks[p].any())]
+        if not present:
+            return {}
+        out = net(batch.to(dtype=dtype))
+        rows = {}
+        for p in present:
+            mask = batch.masks[p].to("cpu")
+            rows[p] = (
+                out[p].detach().to("cpu", torch.float64)[mask],
+                batch.targets[p].to("cpu", torch.float64)[mask],
+                [m for m, keep in zip(batch.material_ids, mask.tolist()) if keep],
+            )
+        return rows
+
+    from irreptensor_ml.train.trainer import predict_batches
+
     ids: dict[str, list[str]] = {p: [] for p in kinds}
     preds: dict[str, list[torch.Tensor]] = {p: [] for p in kinds}
     trues: dict[str, list[torch.Tensor]] = {p: [] for p in kinds}
-    try:
-        for batch in batches:
-            present = [p for p in kinds if p in batch.masks and bool(batch.masks[p].any())]
-            if not present:
-                continue
-            out = model(batch.to(device, dtype))
-            for p in present:
-                mask = batch.masks[p].to("cpu")
-                y = out[p].detach().to("cpu", torch.float64)
-                preds[p].append(y[mask])
-                trues[p].append(batch.targets[p].to("cpu", torch.float64)[mask])
-                ids[p].extend(m for m, keep in zip(batch.material_ids, mask.tolist()) if keep)
-    finally:
-        model.train(was_training)
+    for rows in predict_batches(model, batches, step):
+        for p, (y, t, m) in rows.items():
+            preds[p].append(y)
+            trues[p].append(t)
+            ids[p].extend(m)
     return {
         p: PropertyPredictions(p, ids[p], torch.cat(preds[p]).numpy(), torch.cat(trues[p]).numpy(), kinds[p])
         for p in kinds

@@ -470,6 +470,7 @@ def predict_irreps(
     graphs, failed = _graphs(items, loaded.cutoff)
     good = [k for k, g in enumerate(graphs) if g is not None]
     try:
+        # a plain loop, not Trainer.predict: a structure that raises is retried alone, not failing the rest
         for start in range(0, len(good), batch_size):
             chunk = good[start:start + batch_size]
             try:

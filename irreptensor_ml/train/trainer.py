@@ -6,15 +6,23 @@ transfer study (:func:`irreptensor_ml.transfer.runner.execute_run`, in-process, 
 both use it, with options for what differs.  Model selection is Lightning's ``ModelCheckpoint``
 (lowest monitored value, ``save_top_k=1``) and ``EarlyStopping`` on the same metric;
 :class:`MonitorHistory` keeps the monitored value of every epoch.
+
+:func:`predict_batches` runs a model over batches with ``Trainer.predict`` (no logger, no
+checkpointing, no progress bar, on the model's own device): the evaluation passes of
+:mod:`irreptensor_ml.evaluate` and of the transfer study use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging as pylogging
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import lightning
+import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import (
     EarlyStopping,
@@ -28,7 +36,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from irreptensor_ml.train.checkpoint import CHECKPOINT_DIR
 from irreptensor_ml.train.provenance import write_metrics_csv
 
-__all__ = ["MONITOR", "MonitorHistory", "build_trainer"]
+__all__ = ["MONITOR", "MonitorHistory", "build_trainer", "predict_batches"]
 
 #: default metric watched by checkpointing and early stopping (``TensorLightningModule.monitor``).
 MONITOR = "val/loss"
@@ -206,3 +214,90 @@ def build_trainer(
     )
     kwargs.update(trainer_kwargs)
     return lightning.Trainer(**kwargs)
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+class _PredictModule(lightning.LightningModule):
+    """A model wrapped for ``Trainer.predict``: ``predict_step`` is ``step(model, batch)``."""
+
+    def __init__(self, model: torch.nn.Module, step: Callable[[torch.nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self._step = step
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self._step(self.model, batch)
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Any iterable of ready batches as a dataset (a ``DataLoader`` with ``batch_size=None``
+    yields them unchanged): ``Trainer.predict`` would read a plain list as several loaders."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+
+def _unchanged(batch: Any) -> Any:
+    return batch
+
+
+#: Lightning messages that say nothing about an evaluation pass (a loader without workers is the
+#: normal case here; a CPU model on a GPU machine is the caller's choice).
+_PREDICT_NOISE = (".*does not have many workers.*", ".*GPU available but not used.*", ".*LeafSpec.*",
+                  ".*litlogger.*")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's device report (``GPU available: ...``) and the warnings of
+    :data:`_PREDICT_NOISE` for the block."""
+    log = pylogging.getLogger("lightning.pytorch")
+    level = log.level
+    log.setLevel(max(level, pylogging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            for message in _PREDICT_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def predict_batches(
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    step: Callable[[torch.nn.Module, Any], Any],
+) -> list[Any]:
+    """``[step(model, batch) for batch in batches]`` with ``Trainer.predict``: gradients off
+    (``torch.no_grad``), the model in eval mode (its mode is restored afterwards), each batch moved
+    to the model's device.  No logger, checkpoint or progress bar; Lightning's device report is
+    not printed.  ``batches`` is a ``DataLoader`` or any iterable of batches."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if device.type == "cpu":
+        accelerator, devices = "cpu", 1
+    else:
+        accelerator, devices = device.type, [device.index or 0]
+    if not isinstance(batches, torch.utils.data.DataLoader):
+        batches = torch.utils.data.DataLoader(_Batches(batches), batch_size=None, collate_fn=_unchanged)
+    was_training = model.training
+    try:
+        with _quiet_lightning():
+            trainer = lightning.Trainer(
+                accelerator=accelerator,
+                devices=devices,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                inference_mode=False,  # torch.no_grad: no inference tensors left in the model's caches
+            )
+            out = trainer.predict(_PredictModule(model, step), dataloaders=batches, return_predictions=True)
+    finally:
+        model.train(was_training)
+    return list(out or [])

@@ -1,5 +1,5 @@
 """The one trainer builder (``irreptensor_ml.train.trainer``), model selection with Lightning's
-``ModelCheckpoint`` in the transfer runs, and the trunk transfer."""
+``ModelCheckpoint`` in the transfer runs, ``Trainer.predict`` passes, and the trunk transfer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from irreptensor_ml.model import TensorPredictor, transfer_trunk, trunk_state
 from irreptensor_ml.train import build_trainer, load_config
-from irreptensor_ml.train.trainer import MonitorHistory
+from irreptensor_ml.train.trainer import MonitorHistory, predict_batches
 
 TRUNK = {
     "embedding_dim": 4, "irreps_hidden": "4x0e+2x1o+2x2e", "num_layers": 1, "lmax_sh": 2,
@@ -136,6 +136,27 @@ def test_transfer_run_without_a_finite_epoch_fails(tmp_path, first):
         runner._train(types.SimpleNamespace(run_id="scripted"), module, cfg, DataLoader(data),
                       DataLoader(data), 3, 5, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_batches_runs_trainer_predict_on_plain_lists_and_loaders():
+    model = torch.nn.Linear(2, 1)
+    model.train()
+    batches = [torch.ones(3, 2), torch.zeros(1, 2), torch.full((2, 2), 2.0)]
+    seen_grad = []
+
+    def step(net, batch):
+        seen_grad.append(torch.is_grad_enabled() or net.training)
+        return net(batch)
+
+    out = predict_batches(model, batches, step)
+    assert len(out) == 3 and [o.shape for o in out] == [(3, 1), (1, 1), (2, 1)]
+    with torch.no_grad():
+        assert all(torch.equal(o, model(b)) for o, b in zip(out, batches))
+    assert not any(seen_grad) and not any(o.requires_grad for o in out)
+    assert model.training  # the caller's mode is restored
+    loader = DataLoader(torch.arange(6.0).reshape(3, 2), batch_size=2)
+    assert [o.shape[0] for o in predict_batches(model, loader, step)] == [2, 1]
+    assert predict_batches(model.eval(), [], step) == [] and not model.training
 
 
 def test_transfer_trunk_copies_checked_weights():
