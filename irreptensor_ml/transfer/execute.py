@@ -91,23 +91,27 @@ def prepare_features(tasks: Sequence[Task], data: StudyData, store: RunStore,
 
 # ------------------------------------------------------------------------------------ one task
 
-#: study data of this (worker) process, loaded once per data file: ``{path: data}`` (the last one)
-_WORKER_DATA: dict[str, StudyData] = {}
+#: study data of this (worker) process, loaded once per data file: ``{(path, mtime, size): data}``
+#: (the last one; a file rewritten in place is read again)
+_WORKER_DATA: dict[tuple[str, int, int], StudyData] = {}
 _WORKER_DATA_LOCK = threading.Lock()
 
 
 def _worker_data(data_path: str) -> StudyData:
     """The study data in a worker process, read from ``data_path`` by its first task."""
+    try:
+        stat = os.stat(data_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"study data file {data_path} not found on {socket.gethostname()} (the workers of a "
+            "cluster must see the study's results_dir and data file: a shared file system)"
+        ) from None
+    key = (data_path, stat.st_mtime_ns, stat.st_size)
     with _WORKER_DATA_LOCK:
-        data = _WORKER_DATA.get(data_path)
+        data = _WORKER_DATA.get(key)
         if data is None:
-            if not os.path.isfile(data_path):
-                raise FileNotFoundError(
-                    f"study data file {data_path} not found on {socket.gethostname()} (the workers of a "
-                    "cluster must see the study's results_dir and data file: a shared file system)"
-                )
             _WORKER_DATA.clear()
-            data = _WORKER_DATA[data_path] = StudyData.load(data_path)
+            data = _WORKER_DATA[key] = StudyData.load(data_path)
         return data
 
 

@@ -83,6 +83,22 @@ def test_task_passes_the_study_settings_to_the_run(tmp_path, monkeypatch):
     assert seen["pretrained_model"] == tmp_path / "models" / f"{spec.pretrain_id}.pt"
 
 
+def test_worker_reads_the_data_file_once(tmp_path):
+    """A worker keeps the study data of its file (one load for all its runs), reads a rewritten
+    file again, and names a file it cannot see."""
+    from irreptensor_ml.transfer import execute
+
+    config, cache = _tiny(tmp_path)
+    first = execute._worker_data(str(cache))
+    assert execute._worker_data(str(cache)) is first
+    other = synthetic_study_data(load_study_config(TINY, ["data.cutoff=5.0"]))
+    other.save(cache)
+    assert execute._worker_data(str(cache)).fingerprint == other.fingerprint != first.fingerprint
+    assert len(execute._WORKER_DATA) == 1
+    with pytest.raises(FileNotFoundError, match="shared file system"):
+        execute._worker_data(str(tmp_path / "missing.pt"))
+
+
 def test_execution_settings_are_not_part_of_run_ids(tmp_path):
     from irreptensor_ml.transfer.cli import _configure
     from irreptensor_ml.transfer.plan import plan_pretrain, plan_runs
