@@ -73,8 +73,9 @@ A study config is a plain nested dict (YAML). Top-level keys (see :data:`DEFAULT
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -207,7 +208,8 @@ def load_study_config(
     validated config.
     """
     user = _read(source) if isinstance(source, (str, Path)) else dict(source or {})
-    from irreptensor_ml.train.config import merge_configs  # the training config's merge rule
+    # the training config's merge rule
+    from irreptensor_ml.train.config import merge_configs
 
     config = merge_configs(DEFAULTS, user)
     for item in overrides:
