@@ -44,6 +44,20 @@ __all__ = ["TensorLightningModule", "masked_loss"]
 _MODEL_KEYS = {"trunk", "heads", "outputs", "pretrained_trunk", "freeze_trunk"}
 
 
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norms of the rows of ``x`` (B, dim). Rows whose squares overflow to inf (entries beyond
+    ~1e154 in float64) or fall into subnormal numbers (below ~1e-154), where they lose their bits, are
+    computed on ``x / max|x|``; every other row is ``x.norm()`` to the bit."""
+    n = x.norm(dim=-1)
+    m = x.abs().amax(dim=-1)
+    fi = torch.finfo(x.dtype)
+    off = ~torch.isfinite(n) | ((m > 0) & (m * m < fi.tiny / fi.eps))
+    if not bool(off.any()):
+        return n
+    ms = torch.where(m > 0, m, torch.ones_like(m)).unsqueeze(-1)
+    return torch.where(off, (x / ms).norm(dim=-1) * ms.squeeze(-1), n)
+
+
 def masked_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -98,7 +112,7 @@ def masked_loss(
         err = ((pred - target).pow(2).sum(dim=-1) + 1e-12).sqrt()
         if kind == "relative_sign_free":
             err = torch.minimum(err, ((pred + target).pow(2).sum(dim=-1) + 1e-12).sqrt())
-        per_row = err / target.detach().norm(dim=-1).clamp(min=float(floor))
+        per_row = err / _row_norms(target.detach()).clamp(min=float(floor))
     else:
         raise ValueError(
             "masked_loss: kind must be 'mse', 'smooth_l1', 'frobenius', 'relative', 'relative_sign_free' "

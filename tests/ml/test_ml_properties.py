@@ -362,3 +362,14 @@ def test_the_module_loss_never_reads_a_missing_target(module, batch_samples, dat
     swapped_targets = {p: torch.where(masks[p][:, None], batch.targets[p], junk[p]) for p in MODULE_IRREPS}
     assert bool(torch.isfinite(ref))
     assert torch.equal(loss_of(swapped_pred, swapped_targets), ref)
+
+
+@pytest.mark.parametrize("scale", [1e-158, 1e160])
+def test_the_relative_loss_divides_by_the_true_norm_of_tiny_and_huge_targets(scale):
+    """The target norm of ``relative`` is exact where its squares would underflow (1e-158: subnormal) or
+    overflow (1e160: inf, which made the loss of a finite error 0)."""
+    target = torch.tensor([[3.0, 4.0]], dtype=torch.float64) * scale
+    pred = target + torch.tensor([[1e-10 * scale, 0.0]], dtype=torch.float64)
+    loss = masked_loss(pred, target, torch.tensor([True]), "relative", floor=1e-300)
+    err = float(((pred - target).pow(2).sum() + 1e-12).sqrt())
+    assert float(loss) == pytest.approx(err / (5.0 * scale), rel=1e-12)
