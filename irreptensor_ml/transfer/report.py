@@ -154,6 +154,7 @@ def summarize(
     boot = config["bootstrap"]
     run_seconds = 0.0
     devices: set[str] = set()
+    sources: set[str] = set()
     spans: list[tuple[float, float]] = []
 
     def record(spec: Any) -> dict[str, Any]:
@@ -163,6 +164,7 @@ def summarize(
             raise ValueError(f"final run {spec.run_id} has no stored test metrics")
         run_seconds += float(rec.get("wall_time_s") or 0.0)
         devices.add(str(rec.get("device")))
+        sources.add(str(rec.get("source") or "not recorded"))
         try:
             end = calendar.timegm(time.strptime(rec["finished"], "%Y-%m-%dT%H:%M:%SZ"))
             spans.append((end - float(rec.get("wall_time_s") or 0.0), end))
@@ -265,6 +267,7 @@ def summarize(
         "reference_rows": _reference_rows(config),
         "hardware": hardware_info(),
         "run_devices": sorted(devices),
+        "run_sources": sorted(sources),
         "versions": package_versions(),
         "wall_time": {
             "sum_of_run_times_s": round(run_seconds, 1),
@@ -346,9 +349,14 @@ def markdown_report(summary: Mapping[str, Any], image_prefix: str = "") -> str:
         "- Data (samples train/val/test): "
         + ", ".join(f"{p} {c['train']}/{c['val']}/{c['test']}" for p, c in summary["data"]["counts"].items())
         + f"; data fingerprint "
-        f"`{summary['data']['fingerprint'][:12]}`.",
+        f"`{summary['data']['fingerprint'][:12]}`; code (git revision of the runs): "
+        + ", ".join(f"`{r[:12]}{'+dirty' if r.endswith('+dirty') else ''}`" if r != "not recorded" else r
+                    for r in summary.get("run_sources") or ["not recorded"]) + ".",
         f"- Runs executed on {', '.join(summary['run_devices'])}; report written on {hw.get('cpu_count')} CPU "
-        f"cores ({hw.get('platform')}), GPU: {gpus}, with `workers: {cfg['workers']}`. Wall time: "
+        f"cores ({hw.get('platform')}), GPU: {gpus}, "
+        + (f"on the Dask scheduler `{cfg['scheduler_address']}`" if cfg.get("scheduler_address")
+           else f"with `workers: {cfg['workers']}`")
+        + f". Wall time: "
         f"{wall['first_run_start_to_last_run_end_s']} s from the first run's start to the last run's end "
         f"(includes pauses if the study was resumed); sum of the runs' own times {wall['sum_of_run_times_s']:.0f} s "
         "(training + validation, data preparation and test passes not included).",

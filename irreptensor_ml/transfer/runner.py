@@ -64,6 +64,7 @@ from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.evaluate import collect_predictions, compute_metrics
 from irreptensor_ml.metrics import frobenius_norm
 from irreptensor_ml.train.checkpoint import load_model, save_model
+from irreptensor_ml.train.provenance import source_revision
 from irreptensor_ml.train.trainer import MonitorHistory, build_trainer
 from irreptensor_ml.transfer.strategies import (
     build_module,
@@ -433,7 +434,8 @@ def execute_run(
 
     The record holds ``run_id``, ``spec``, ``train`` (sizes, epochs, best epoch, best monitored
     validation loss, its history), ``val`` (all metrics of the target on the validation set,
-    physical units), ``wall_time_s``, ``device``, ``torch_threads`` and ``model_file``.
+    physical units), ``wall_time_s``, ``device``, ``torch_threads``, ``source`` (git revision of the
+    code, :func:`~irreptensor_ml.train.provenance.source_revision`) and ``model_file``.
     """
     if spec.data_fingerprint and spec.data_fingerprint != data.fingerprint:
         raise ValueError(f"run {spec.run_id} was planned for other data (fingerprint mismatch)")
@@ -545,6 +547,7 @@ def execute_run(
         "wall_time_s": round(wall, 3),
         "device": _device_name(),
         "torch_threads": torch.get_num_threads(),
+        "source": source_revision(),  # the code that ran it (sha, "+dirty" for uncommitted code)
         "model_file": Path(model_path).name,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

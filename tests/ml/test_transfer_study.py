@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from irreptensor_ml.train.provenance import source_revision
 from irreptensor_ml.transfer.presets import load_study_config
 from irreptensor_ml.transfer.runner import RunSpec, run_datasets
 from irreptensor_ml.transfer.strategies import build_module, trunk_state_from_model_state
@@ -83,6 +84,7 @@ def test_micro_study_writes_records_predictions_and_report(study):
         preds = store.load_predictions(spec.run_id)
         assert len(preds["sample_ids"]) == rec["train"]["n_test"] == len(preds["frobenius_error"])
         assert store.model_path(spec.run_id).is_file()
+        assert rec["source"] == source_revision()  # the code that ran it (a git sha, or None in a wheel)
     for name in ("summary.json", "results.md", "learning_curve_dielectric.png", "parity_dielectric.png",
                  "parity_elastic.png", "study_config.yaml"):
         assert (root / name).is_file(), name
@@ -96,6 +98,7 @@ def test_micro_study_writes_records_predictions_and_report(study):
     assert summary["pretrain"]["test"]["frobenius_mae"]["mean"] > 0
     md = (root / "results.md").read_text()
     assert "ONE seed" in md and "| finetune |" in md and "elastic pretraining model" in md
+    assert "code (git revision of the runs): " in md
     assert json.loads((root / "summary.json").read_text())["data"]["fingerprint"] == study["data"].fingerprint
 
 
