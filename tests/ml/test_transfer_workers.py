@@ -221,7 +221,9 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+# SIGKILL checks Dask's own nanny (workers end with their parent): slow, run with --runslow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGKILL"])
 def test_stopped_study_leaves_no_worker_processes(tmp_path, sig):
     """``irreptensor-ml transfer --workers 2`` stopped while its runs train: the local cluster's
     worker processes end with it (SIGTERM: the study closes the cluster and exits with 143;
