@@ -15,6 +15,11 @@ import torch
 PROPS = ("elastic", "dielectric", "piezoelectric")
 IRREPS = {"elastic": "2x0e+2x2e+1x4e", "dielectric": "1x0e+1x2e", "piezoelectric": "2x1o+1x2o+1x3o"}
 DIMS = {"elastic": 21, "dielectric": 6, "piezoelectric": 18}
+#: a trunk small enough for micro studies on the synthetic data (seconds per run)
+TINY_TRUNK = {
+    "embedding_dim": 4, "irreps_hidden": "4x0e+2x1o+2x2e+1x2o+1x3o+1x4e", "num_layers": 2,
+    "lmax_sh": 2, "num_basis": 4, "radial_hidden": [4], "avg_num_neighbors": 2.0,
+}
 
 
 def synthetic_study_data(config: Mapping[str, Any]) -> Any:

@@ -20,14 +20,9 @@ import torch
 import irreptensor as it
 from irreptensor_ml.transfer.presets import load_study_config
 
-from run_id_fixture import synthetic_study_data
+from run_id_fixture import TINY_TRUNK, synthetic_study_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-TINY_TRUNK = {
-    "embedding_dim": 4, "irreps_hidden": "4x0e+2x1o+2x2e+1x2o+1x3o+1x4e", "num_layers": 2,
-    "lmax_sh": 2, "num_basis": 4, "radial_hidden": [4], "avg_num_neighbors": 2.0,
-}
 
 #: a micro study in the learn-cpu style: exp outputs, per-property losses, a part target
 MICRO = {

@@ -18,14 +18,9 @@ import yaml
 
 from irreptensor_ml.transfer.presets import load_study_config
 
-from run_id_fixture import synthetic_study_data
+from run_id_fixture import TINY_TRUNK, synthetic_study_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-TINY_TRUNK = {
-    "embedding_dim": 4, "irreps_hidden": "4x0e+2x1o+2x2e+1x2o+1x3o+1x4e", "num_layers": 2,
-    "lmax_sh": 2, "num_basis": 4, "radial_hidden": [4], "avg_num_neighbors": 2.0,
-}
 
 #: pretraining + scratch and frozen (which starts from the pretraining run) on the synthetic data
 #: of ``run_id_fixture`` (its validation side has elastic and piezoelectric tensors)
