@@ -10,6 +10,7 @@ every other option keyword-only.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -156,8 +157,6 @@ def renamed_keyword(old: str, new: str):
     """
 
     def wrap(func):
-        import functools
-
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
             if old in kwargs:

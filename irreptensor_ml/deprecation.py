@@ -16,16 +16,17 @@ __all__ = ["renamed"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def renamed(new: F, old: str, why: str = "") -> F:
+def renamed(new: F, old: str, why: str = "", *, old_module: str | None = None) -> F:
     """``new`` under its old name ``old``: the same call, plus a :class:`DeprecationWarning`.
 
     Args:
         new: the function that replaces ``old`` (same signature, same result).
-        old: the deprecated name, in ``new``'s module.
+        old: the deprecated name, in ``new``'s module unless ``old_module`` is given.
         why: optional clause saying why the name changed (appended to the warning).
+        old_module: the module that holds ``old`` when it is not ``new``'s.
     """
     where = f"{new.__module__}.{new.__name__}"
-    message = f"{new.__module__}.{old} is deprecated (removed in the next release); use {where}"
+    message = f"{old_module or new.__module__}.{old} is deprecated (removed in the next release); use {where}"
     if why:
         message += f" ({why})"
 

@@ -246,22 +246,22 @@ def _unchanged(batch: Any) -> Any:
     return batch
 
 
-#: Lightning messages that say nothing about an evaluation pass (a loader without workers is the
-#: normal case here; a CPU model on a GPU machine is the caller's choice).
-_PREDICT_NOISE = (".*does not have many workers.*", ".*GPU available but not used.*", ".*LeafSpec.*",
-                  ".*litlogger.*")
+#: Lightning warnings that say nothing about a training or an evaluation pass here (a loader
+#: without workers is the normal case; a CPU model on a GPU machine is the caller's choice).
+LIGHTNING_NOISE = (".*does not have many workers.*", ".*GPU available but not used.*", ".*LeafSpec.*",
+                   ".*litlogger.*")
 
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Hide Lightning's device report (``GPU available: ...``) and the warnings of
-    :data:`_PREDICT_NOISE` for the block."""
+    :data:`LIGHTNING_NOISE` for the block."""
     log = pylogging.getLogger("lightning.pytorch")
     level = log.level
     log.setLevel(max(level, pylogging.WARNING))
     try:
         with warnings.catch_warnings():
-            for message in _PREDICT_NOISE:
+            for message in LIGHTNING_NOISE:
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:

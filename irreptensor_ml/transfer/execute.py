@@ -36,9 +36,10 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def _quiet() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    from irreptensor_ml.train.trainer import LIGHTNING_NOISE
+
+    for message in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def needs(task: Task, store: RunStore) -> str | None:

@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader
 from irreptensor_ml.data.normalization import IrrepNormalizer
 from irreptensor_ml.evaluate import collect_predictions, compute_metrics
 from irreptensor_ml.metrics import frobenius_norm
+from irreptensor_ml.model import trunk_state as model_trunk_state
 from irreptensor_ml.train.checkpoint import load_model, save_model
 from irreptensor_ml.train.provenance import source_revision
 from irreptensor_ml.train.trainer import MonitorHistory, build_trainer
@@ -71,7 +72,6 @@ from irreptensor_ml.transfer.strategies import (
     get_strategy,
     heads_for,
     starts_from_run,
-    trunk_state_from_model_state,
 )
 from irreptensor_ml.data.records import PARTS, part_key
 from irreptensor_ml.transfer.studydata import PROPERTIES, StudyData
@@ -466,7 +466,7 @@ def execute_run(
         if pretrained_model is None or not Path(pretrained_model).is_file():
             raise ValueError(f"run {spec.run_id} needs the pretrained model file, got {pretrained_model}")
         payload = torch.load(pretrained_model, map_location="cpu", weights_only=True)
-        trunk_state = trunk_state_from_model_state(payload["state_dict"])
+        trunk_state = model_trunk_state(payload["state_dict"])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # e3nn constants at the training precision
     try:

@@ -54,7 +54,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from irreptensor_ml.data.normalization import IrrepNormalizer
-from irreptensor_ml.model import trunk_state as _trunk_state
+from irreptensor_ml.deprecation import renamed
+from irreptensor_ml.model import trunk_state as model_trunk_state
 from irreptensor_ml.transfer.registry import (  # noqa: F401  (re-exported)
     FOUNDATION_STRATEGIES,
     START_FROM,
@@ -105,11 +106,8 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}") from None
 
 
-def trunk_state_from_model_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``trunk.*`` entries of a :class:`~irreptensor_ml.model.TensorPredictor` state dict,
-    with the prefix removed (what ``model.trunk.load_state_dict`` takes):
-    :func:`irreptensor_ml.model.trunk_state`."""
-    return _trunk_state(state)
+trunk_state_from_model_state = renamed(
+    model_trunk_state, "trunk_state_from_model_state", "one way to take and transfer a trunk", old_module=__name__)
 
 
 class TransferLightningModule(TensorLightningModule):
@@ -211,7 +209,7 @@ def build_module(
         normalizers: ``{property: IrrepNormalizer}`` for every head (fitted on the run's
             training targets).
         trunk_state: pretrained trunk state (``trunk.*`` keys without the prefix,
-            :func:`trunk_state_from_model_state`) or trunk module, copied into the new model with
+            :func:`irreptensor_ml.model.trunk_state`) or trunk module, copied into the new model with
             :func:`irreptensor_ml.model.transfer_trunk` (the way ``irreptensor-ml train`` copies
             ``model.pretrained_trunk``); required by ``frozen``/``finetune`` and refused by the
             others.

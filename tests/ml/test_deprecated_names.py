@@ -61,3 +61,15 @@ def test_new_names_do_not_warn() -> None:
         records.property_rank("elastic")
         M.vrh_moduli_table(C)
         M.derived_scalars(C, "elastic")
+
+
+def test_strategies_trunk_state_from_model_state_is_model_trunk_state() -> None:
+    import torch
+
+    from irreptensor_ml.model import trunk_state
+    from irreptensor_ml.transfer import strategies
+
+    state = {"trunk.w": torch.ones(2), "heads.elastic.w": torch.zeros(1)}
+    with pytest.warns(DeprecationWarning, match=r"strategies\.trunk_state_from_model_state is deprecated.*predictor\.trunk_state"):
+        old = strategies.trunk_state_from_model_state(state)
+    assert old.keys() == trunk_state(state).keys() == {"w"}

@@ -23,7 +23,8 @@ import yaml
 from irreptensor_ml.train.provenance import source_revision
 from irreptensor_ml.transfer.presets import load_study_config
 from irreptensor_ml.transfer.runner import RunSpec, run_datasets
-from irreptensor_ml.transfer.strategies import build_module, trunk_state_from_model_state
+from irreptensor_ml.model import trunk_state
+from irreptensor_ml.transfer.strategies import build_module
 from irreptensor_ml.transfer.plan import make_spec, plan_pretrain, plan_runs, selection_from_records
 from irreptensor_ml.transfer.store import RunStore, load_study_data
 from irreptensor_ml.transfer.study import run_study
@@ -135,7 +136,7 @@ def test_union_split_keeps_test_materials_out_of_all_training(study):
 
 
 def _trunk(path):
-    return trunk_state_from_model_state(torch.load(path, weights_only=True)["state_dict"])
+    return trunk_state(torch.load(path, weights_only=True)["state_dict"])
 
 
 def test_frozen_keeps_pretrained_trunk_and_control_uses_random_trunk(study):
